@@ -1,0 +1,1 @@
+"""Records, IO with quarantine, chat templates, tokenization, packing. Imports nothing of ours."""

@@ -1,0 +1,1 @@
+"""Recipe schema, stage graph, run directory, cache keys, resume and lock. Knows no torch."""
