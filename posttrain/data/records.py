@@ -3,16 +3,27 @@
 Tool calls follow the OpenAI chat format that vLLM and OpenAI-compatible servers speak: an assistant
 message carries `tool_calls` whose `function.arguments` is a JSON *string*; a `tool` message answers
 with `tool_call_id`.
+
+Shape errors are raised as `PydanticCustomError` (a ValueError) whose type is a stable reason key
+(`role_order`, `bad_tool_arguments`, `missing_field`) and whose context names the offending `field`
+relative to the model being validated, so a reader can quarantine a row with its exact field.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+
+def _shape_error(reason: str, field: str, detail: str) -> PydanticCustomError:
+    """A validation error whose type is the quarantine reason and whose context names the field."""
+    message = f"{field}: {detail}" if field else detail
+    return PydanticCustomError(reason, "{message}", {"field": field, "detail": detail, "message": message})
 
 
 class Meta(BaseModel):
@@ -31,15 +42,18 @@ class FunctionCall(BaseModel):
     name: str
     arguments: str  # a JSON object, as a string (OpenAI format)
 
-    @field_validator("arguments")
+    @field_validator("arguments", mode="before")
     @classmethod
-    def _arguments_are_json_object(cls, value: str) -> str:
+    def _arguments_are_json_object(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            kind = "an object" if isinstance(value, dict) else type(value).__name__
+            raise _shape_error("bad_tool_arguments", "", f"tool call arguments must be a JSON string, got {kind}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"tool call arguments are not valid JSON: {err.msg}") from None
+            raise _shape_error("bad_tool_arguments", "", f"tool call arguments are not valid JSON: {err.msg}") from None
         if not isinstance(parsed, dict):
-            raise ValueError("tool call arguments must be a JSON object")
+            raise _shape_error("bad_tool_arguments", "", "tool call arguments must be a JSON object")
         return value
 
 
@@ -76,45 +90,66 @@ class Message(BaseModel):
     @model_validator(mode="after")
     def _check_shape(self) -> "Message":
         if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"only assistant messages carry tool_calls, not {self.role}")
+            raise _shape_error("invalid_value", "tool_calls", f"only assistant messages carry tool_calls, not {self.role}")
         if self.content is None and not self.tool_calls:
-            raise ValueError(f"{self.role} message has no content")
+            raise _shape_error("missing_field", "content", f"{self.role} message has no content")
         if self.tool_call_id is not None and self.role != "tool":
-            raise ValueError("tool_call_id is only for tool messages")
+            raise _shape_error("invalid_value", "tool_call_id", "tool_call_id is only for tool messages")
         return self
 
 
-def check_role_order(messages: list[Message], *, must_end_with: tuple[str, ...]) -> None:
-    """Raise ValueError naming the offending position when the turn order is not a valid chat.
+def check_role_order(
+    messages: list[Message],
+    *,
+    must_end_with: tuple[str, ...],
+    field_of: Callable[[int], str] | None = None,
+) -> None:
+    """Raise a ValueError (type `role_order`) naming the offending position when the turns are not a chat.
 
-    Valid: an optional leading system message, then a user turn, then assistant turns; an assistant
-    turn with tool_calls is followed by one tool message per call before the assistant continues.
+    Valid: an optional leading system message, then a user turn, then an assistant turn, alternating.
+    An assistant turn with tool_calls is followed by one tool message per call (a tool message's
+    `tool_call_id`, when given, must name a pending call) before the assistant continues.
+    Two consecutive user (or assistant) turns are invalid: chat templates such as Llama's and
+    Mistral's assume strict alternation, and a merged turn is what the writer meant in practice.
+    `field_of(i)` names message i in errors (default `messages.{i}`).
     """
+    name = field_of or (lambda i: f"messages.{i}")
     if not messages:
-        raise ValueError("messages: empty")
-    expect_tools = 0
+        raise _shape_error("role_order", name(0).rpartition(".")[0] or "messages", "no messages")
+    pending: list[str] = []  # ids of tool calls not answered yet
     prev = None
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if msg.role == "system":
-            if i != 0:
-                raise ValueError(f"{where}: system message only allowed first")
-        elif msg.role == "user":
-            if prev not in (None, "system", "assistant") or expect_tools:
-                raise ValueError(f"{where}: user turn after {prev}")
-        elif msg.role == "assistant":
-            if prev not in ("user", "tool") or expect_tools:
-                raise ValueError(f"{where}: assistant turn after {prev or 'nothing'}")
-            expect_tools = len(msg.tool_calls or [])
+        problem = _turn_problem(msg, i, prev, pending)
+        if problem:
+            raise _shape_error("role_order", name(i), problem)
+        if msg.role == "assistant":
+            pending = [call.id for call in msg.tool_calls or []]
         elif msg.role == "tool":
-            if expect_tools == 0:
-                raise ValueError(f"{where}: tool message without a pending tool call")
-            expect_tools -= 1
+            pending.remove(msg.tool_call_id if msg.tool_call_id in pending else pending[0])
         prev = msg.role
-    if expect_tools:
-        raise ValueError(f"messages: {expect_tools} tool call(s) never answered")
+    last = len(messages) - 1
+    if pending:
+        raise _shape_error("role_order", name(last), f"{len(pending)} tool call(s) never answered")
     if messages[-1].role not in must_end_with:
-        raise ValueError(f"messages[{len(messages) - 1}]: ends with {messages[-1].role}, expected {'/'.join(must_end_with)}")
+        raise _shape_error(
+            "role_order", name(last), f"ends with {messages[-1].role}, expected {'/'.join(must_end_with)}"
+        )
+
+
+def _turn_problem(msg: Message, index: int, prev: str | None, pending: list[str]) -> str | None:
+    """Why message `index` cannot follow `prev` (with `pending` unanswered tool calls), or None."""
+    if msg.role == "system":
+        return "system message only allowed first" if index != 0 else None
+    if msg.role == "tool":
+        if not pending:
+            return "tool message without a pending tool call"
+        if msg.tool_call_id is not None and msg.tool_call_id not in pending:
+            return f"tool_call_id {msg.tool_call_id!r} answers no pending call ({', '.join(pending)})"
+        return None
+    if pending:
+        return f"{msg.role} turn while {len(pending)} tool call(s) await a tool message"
+    allowed = ("system", None, "assistant") if msg.role == "user" else ("user", "tool")
+    return None if prev in allowed else f"{msg.role} turn after {prev or 'nothing'}"
 
 
 def content_hash(payload: Any) -> str:
@@ -257,13 +292,18 @@ class PreferencePair(Record):
 
     @model_validator(mode="after")
     def _check_answers(self) -> "PreferencePair":
+        n_prompt = len(self.prompt.messages)
         for name in ("chosen", "rejected", "edited"):
             msgs = getattr(self, name)
             if msgs is None:
                 continue
             if not msgs or msgs[0].role != "assistant":
-                raise ValueError(f"{name}: must start with an assistant message")
-            check_role_order(self.prompt.messages + msgs, must_end_with=("assistant",))
+                raise _shape_error("role_order", f"{name}.0", "an answer must start with an assistant message")
+
+            def field_of(i: int, name: str = name) -> str:
+                return f"prompt.messages.{i}" if i < n_prompt else f"{name}.{i - n_prompt}"
+
+            check_role_order(self.prompt.messages + msgs, must_end_with=("assistant",), field_of=field_of)
         return self
 
 
