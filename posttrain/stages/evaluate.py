@@ -1,0 +1,70 @@
+"""Stage `evaluate`: greedy answers on held-out prompts, graded per family with 95% intervals."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
+
+
+class EvaluateConfig(StageConfig):
+    grader: Literal["tinyworld"] = Field("tinyworld", description="which graders score the answers")
+    max_prompts_per_family: int | None = Field(None, ge=1, description="evaluate only the first N prompts of each family")
+    max_new_tokens: int = Field(96, ge=1, description="most tokens per answer")
+    batch_size: int = Field(64, ge=1, description="prompts decoded together")
+    max_tool_rounds: int = Field(2, ge=0, description="tool calls executed and answered before the final reply")
+
+
+def _limit_per_family(prompts, limit):
+    if limit is None:
+        return prompts
+    seen: dict[str, int] = {}
+    kept = []
+    for p in prompts:
+        seen[p.family or ""] = seen.get(p.family or "", 0) + 1
+        if seen[p.family or ""] <= limit:
+            kept.append(p)
+    return kept
+
+
+class Evaluate(Stage):
+    kind = "evaluate"
+    version = 1
+    Config = EvaluateConfig
+    inputs = {"model": True, "prompts": True}
+    description = "Evaluate a model on held-out prompts; per-family scores with Wilson intervals and failures."
+
+    def run(self, config: EvaluateConfig, ctx: StageContext) -> StageResult:
+        from posttrain.data.chat_templates import detect_template, end_of_turn_ids
+        from posttrain.data.io import load_records, write_records
+        from posttrain.data.records import Prompt
+        from posttrain.evaluate.run import evaluate_prompts
+        from posttrain.generate.base import SamplingParams
+        from posttrain.generate.hf import HFGenerator
+        from posttrain.models.loading import load_causal_lm
+        from posttrain.models.runtime import set_cpu_threads
+        from posttrain.stages.artifacts import data_file, model_dir
+        from posttrain.tinyworld.world import TinyWorldGrader, execute_tool_call
+
+        set_cpu_threads()
+        path = model_dir(ctx.input("model"))
+        model, tokenizer = load_causal_lm(path)
+        template = detect_template(tokenizer)
+        prompts = load_records([data_file(p, "eval.jsonl") for p in ctx.inputs_of("prompts")], Prompt,
+                               ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+        prompts = _limit_per_family(prompts, config.max_prompts_per_family)
+        generator = HFGenerator(model, tokenizer, batch_size=config.batch_size,
+                                eos_token_ids=end_of_turn_ids(tokenizer, template), model_name=str(path))
+        result = evaluate_prompts(generator, tokenizer, prompts, TinyWorldGrader(), template=template,
+                                  params=SamplingParams(max_new_tokens=config.max_new_tokens),
+                                  tool_hook=execute_tool_call, model_name=str(path))
+        write_records(ctx.out_dir / "completions.jsonl", result.completions)
+        scores = {name: s.as_dict() for name, s in result.scores.items()}
+        ctx.log_metrics({f"score/{name}": s["score"] for name, s in scores.items()})
+        return StageResult(
+            counts={"input_rows": len(prompts), "evaluated": len(result.completions)},
+            metrics={"scores": scores, "tag_rates": {k: v.as_dict() for k, v in result.tag_rates.items()},
+                     "examples": result.failures, "model": str(path)},
+            outputs={"completions": "completions.jsonl"},
+        )
