@@ -1,0 +1,1 @@
+"""One module per task family; each exposes `FAMILY` (generate_prompts, reference_solution, grade, corrupt)."""
