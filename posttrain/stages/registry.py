@@ -1,8 +1,13 @@
 """Stage kinds by name. Entries are "module:Class" strings, imported on first use, so that listing
-kinds and validating a recipe never imports torch."""
+kinds and validating a recipe never imports torch.
+
+Plugins: the environment variable `POSTTRAIN_PLUGINS` names modules (comma-separated) that
+`load_plugins()` imports; such a module calls `register(kind, cls)` to add its stage kinds.
+"""
 from __future__ import annotations
 
 import importlib
+import os
 
 from posttrain.stages.base import Stage
 
@@ -10,6 +15,8 @@ _KINDS: dict[str, str] = {
     # kind: "module:Class"  (one line per stage kind)
 }
 _LOADED: dict[str, type[Stage]] = {}
+
+PLUGINS_ENV = "POSTTRAIN_PLUGINS"
 
 
 def register(kind: str, cls: type[Stage]) -> None:
@@ -19,10 +26,12 @@ def register(kind: str, cls: type[Stage]) -> None:
 
 
 def kinds() -> list[str]:
+    """Every known stage kind, sorted."""
     return sorted(set(_KINDS) | set(_LOADED))
 
 
 def get_stage(kind: str) -> type[Stage]:
+    """The stage class of `kind`, importing its module on first use."""
     if kind in _LOADED:
         return _LOADED[kind]
     if kind not in _KINDS:
@@ -31,3 +40,13 @@ def get_stage(kind: str) -> type[Stage]:
     cls = getattr(importlib.import_module(module_name), class_name)
     _LOADED[kind] = cls
     return cls
+
+
+def load_plugins(spec: str | None = None) -> list[str]:
+    """Import the plugin modules named in `spec` (default: $POSTTRAIN_PLUGINS); returns their names."""
+    if spec is None:
+        spec = os.environ.get(PLUGINS_ENV, "")
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    for name in names:
+        importlib.import_module(name)
+    return names
