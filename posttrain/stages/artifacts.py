@@ -30,3 +30,14 @@ def data_file(path: Path, name: str) -> Path:
     if candidate.exists():
         return candidate
     raise FileNotFoundError(f"{path}: no {name} here")
+
+
+def find_data_file(path: Path, names: list[str]) -> Path:
+    """The first of `names` inside a data artifact, or `path` itself if it is a file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in names:
+        if (path / name).exists():
+            return path / name
+    raise FileNotFoundError(f"{path}: none of {', '.join(names)} found")

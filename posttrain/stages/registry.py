@@ -13,6 +13,11 @@ from posttrain.stages.base import Stage
 
 _KINDS: dict[str, str] = {
     # kind: "module:Class"  (one line per stage kind)
+    "prepare_data": "posttrain.stages.prepare_data:PrepareData",
+    "tinyworld_data": "posttrain.stages.tinyworld_data:TinyWorldData",
+    "tinyworld_pretrain": "posttrain.stages.tinyworld_pretrain:TinyWorldPretrain",
+    "sft": "posttrain.stages.sft:SFT",
+    "evaluate": "posttrain.stages.evaluate:Evaluate",
 }
 _LOADED: dict[str, type[Stage]] = {}
 

@@ -1,0 +1,93 @@
+"""Stage `tinyworld_pretrain`: the tiny world's tokenizer and base model, from a seed.
+
+A byte-level BPE is trained on the world's documents plus the plain text of its task families
+(so later families never meet unknown tokens), then a small Llama is pretrained on the documents
+alone (plain text, not chat turns) with the training engine. The result is what
+`posttrain/tinyworld/base_model/` ships; `make base-model` rebuilds it.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
+from posttrain.train.config import TrainConfig
+
+
+class PretrainTrainConfig(TrainConfig):
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    warmup_steps: int = Field(30, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on linear weights")
+    micro_batch_tokens: int = Field(4096, ge=1, description="token budget of one packed micro-batch row")
+    epochs: int = Field(1, ge=1, description="passes over the documents")
+
+
+class TinyWorldPretrainConfig(StageConfig):
+    n_docs: int = Field(40000, ge=10, description="pretraining documents drawn from the world corpus")
+    tokenizer_docs: int = Field(8000, ge=10, description="documents the tokenizer is trained on")
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size, special tokens included")
+    template: str = Field("chatml", description="chat template installed with the tokenizer")
+    hidden_size: int = Field(192, ge=16)
+    num_layers: int = Field(6, ge=1)
+    num_heads: int = Field(6, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(512, ge=16)
+    context: int = Field(512, ge=32, description="max positions; documents longer than this are split")
+    train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig, description="engine settings")
+
+
+def family_text(seed: int, n_per_family: int) -> list[str]:
+    """Plain text of the task families' prompts and reference answers, for tokenizer training only."""
+    from posttrain.tinyworld import world
+
+    texts = []
+    for conv in world.sft_conversations(n_per_family, seed):
+        texts.extend(m.content for m in conv.messages if m.content)
+        texts.extend(c.function.arguments for m in conv.messages for c in (m.tool_calls or []))
+    return texts
+
+
+class TinyWorldPretrain(Stage):
+    kind = "tinyworld_pretrain"
+    version = 1
+    Config = TinyWorldPretrainConfig
+    description = "Train the tiny world's tokenizer and pretrain its small Llama base model on world text."
+
+    def run(self, config: TinyWorldPretrainConfig, ctx: StageContext) -> StageResult:
+        from posttrain.data.bpe import train_bytelevel_bpe
+        from posttrain.data.chat_templates import end_of_turn_ids
+        from posttrain.models.loading import random_init_causal_lm
+        from posttrain.models.runtime import seed_everything, set_cpu_threads
+        from posttrain.tinyworld.corpus import world_corpus
+        from posttrain.train.config import SFTConfig
+        from posttrain.train.sft import run_sft
+
+        set_cpu_threads()
+        seed_everything(ctx.seed)
+        docs = list(world_corpus(ctx.seed, config.n_docs))
+        tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200),
+                                        config.vocab_size, config.template)
+        separator = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)  # <|endoftext|> ends a document
+        examples = []
+        for doc in docs:
+            ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + [separator]
+            for start in range(0, len(ids), config.context):
+                piece = ids[start:start + config.context]
+                if len(piece) > 1:
+                    examples.append({"input_ids": piece, "loss_mask": [True] * len(piece)})
+        model = random_init_causal_lm(
+            "llama", vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_layers=config.num_layers,
+            num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
+            intermediate_size=config.intermediate_size, max_position_embeddings=config.context,
+            seed=ctx.seed, tie_word_embeddings=True,
+            eos_token_id=end_of_turn_ids(tokenizer, config.template)[0], pad_token_id=separator)
+        train = SFTConfig(**{**config.train.model_dump(), "seed": ctx.seed})
+        summary = run_sft(model, tokenizer, {"corpus": examples}, train, ctx.out_dir, log_fn=ctx.log_metrics,
+                          eos_token_ids=end_of_turn_ids(tokenizer, config.template))
+        tokens = sum(len(e["input_ids"]) for e in examples)
+        params = sum(p.numel() for p in model.parameters())
+        return StageResult(
+            counts={"documents": len(docs), "tokens": tokens, "steps": summary["steps"], "parameters": params,
+                    "vocab_size": len(tokenizer)},
+            metrics={"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1)},
+            outputs=summary["outputs"],
+        )
