@@ -17,7 +17,10 @@ class PretrainTrainConfig(TrainConfig):
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     warmup_steps: int = Field(30, ge=0, description="linear warmup steps")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on linear weights")
-    micro_batch_tokens: int = Field(4096, ge=1, description="token budget of one packed micro-batch row")
+    # Rows of one context length: packed attention costs T^2, so short rows are faster on CPU.
+    micro_batch_tokens: int = Field(512, ge=1, description="token budget of one packed micro-batch row")
+    accumulation: int = Field(8, ge=1, description="micro-batches per optimizer step")
+    checkpoint_every: int = Field(25, ge=0, description="resumable checkpoint every N steps")
     epochs: int = Field(1, ge=1, description="passes over the documents")
 
 
@@ -26,23 +29,34 @@ class TinyWorldPretrainConfig(StageConfig):
     tokenizer_docs: int = Field(8000, ge=10, description="documents the tokenizer is trained on")
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size, special tokens included")
     template: str = Field("chatml", description="chat template installed with the tokenizer")
-    hidden_size: int = Field(192, ge=16)
-    num_layers: int = Field(6, ge=1)
-    num_heads: int = Field(6, ge=1)
-    num_kv_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(512, ge=16)
+    hidden_size: int = Field(192, ge=16, description="model width")
+    num_layers: int = Field(6, ge=1, description="decoder layers")
+    num_heads: int = Field(6, ge=1, description="attention heads")
+    num_kv_heads: int = Field(2, ge=1, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(512, ge=16, description="MLP width")
     context: int = Field(512, ge=32, description="max positions; documents longer than this are split")
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig, description="engine settings")
 
 
-def family_text(seed: int, n_per_family: int) -> list[str]:
-    """Plain text of the task families' prompts and reference answers, for tokenizer training only."""
+def family_text(seed: int, n_per_family: int, template: str) -> list[str]:
+    """The task families' train conversations rendered with the chat template, for tokenizer training only.
+
+    Rendering (not just message contents) lets BPE learn the template's recurring text, such as the
+    tool-definition preamble of tool-use prompts, which would otherwise cost hundreds of tokens.
+    The base model itself never sees these: it is pretrained on plain documents.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from posttrain.data.chat_templates import get_template
+    from posttrain.data.tokenize import normalize_messages, normalize_tools
     from posttrain.tinyworld import world
 
+    spec = get_template(template)
     texts = []
     for conv in world.sft_conversations(n_per_family, seed):
-        texts.extend(m.content for m in conv.messages if m.content)
-        texts.extend(c.function.arguments for m in conv.messages for c in (m.tool_calls or []))
+        rendered, _ = render_jinja_template(conversations=[normalize_messages(conv.messages)],
+                                            tools=normalize_tools(conv.tools), chat_template=spec.source)
+        texts.append(rendered[0])
     return texts
 
 
@@ -64,7 +78,7 @@ class TinyWorldPretrain(Stage):
         set_cpu_threads()
         seed_everything(ctx.seed)
         docs = list(world_corpus(ctx.seed, config.n_docs))
-        tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200),
+        tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200, config.template),
                                         config.vocab_size, config.template)
         separator = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)  # <|endoftext|> ends a document
         examples = []
