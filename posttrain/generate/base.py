@@ -59,3 +59,35 @@ class Generator(Protocol):
     """A generation backend: `n` generations per prompt, in the prompts' order."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]: ...
+
+
+@dataclass
+class ChatSample:
+    """One sampled reply to a conversation: the assistant's new messages, with what the backend knows.
+
+    `messages` holds the assistant turn (and, where the backend ran a tool loop, the tool results
+    and later assistant turns). `token_ids`/`logprobs` are those of the generated tokens where the
+    backend can give them (None for an HTTP server that does not return them).
+    """
+
+    messages: list  # list[posttrain.data.records.Message]
+    finish_reason: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    logprobs_of: str | None = None
+    model: str = ""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Conversation-level generation: what stages that sample answers use (hf, openai, vllm).
+
+    `conversations` are (messages, tools) pairs; `seeds[i]` (when given) seeds conversation i's
+    samples, so that a sample's randomness depends on (run seed, prompt id, sample index) and not on
+    batching or sharding. Returns `params.n` samples per conversation, in input order.
+    """
+
+    name: str
+
+    def chat(self, conversations: list[tuple[list, list | None]], params: SamplingParams,
+             seeds: list[int] | None = None) -> list[list[ChatSample]]: ...
