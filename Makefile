@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install slow clean-runs
+.PHONY: demo test install slow clean-runs base-model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,3 +33,10 @@ slow: $(STAMP)
 
 clean-runs:
 	rm -rf runs/
+
+# Rebuild the tiny world's tokenizer and base model from its seed (about 15 minutes on 2 cores),
+# then ship it. Recommit rarely: every version stays in the history.
+base-model: $(STAMP)
+	$(BIN)/posttrain tinyworld pretrain --out runs/base-model --set n_docs=30000
+	rm -rf posttrain/tinyworld/base_model
+	cp -r runs/base-model/model posttrain/tinyworld/base_model

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; returns the process exit status."""
     registry.load_plugins()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["tinyworld", "pretrain"]:  # the documented spelling of `tinyworld-pretrain`
+        argv = ["tinyworld-pretrain", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -41,3 +41,11 @@ def find_data_file(path: Path, names: list[str]) -> Path:
         if (path / name).exists():
             return path / name
     raise FileNotFoundError(f"{path}: none of {', '.join(names)} found")
+
+
+def drop_checkpoints(out_dir: Path) -> None:
+    """Remove a finished training stage's resume checkpoints: the final model is saved, and optimizer
+    states of a real model are several times its size."""
+    import shutil
+
+    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)

@@ -14,6 +14,8 @@ class EvaluateConfig(StageConfig):
     max_new_tokens: int = Field(96, ge=1, description="most tokens per answer")
     batch_size: int = Field(64, ge=1, description="prompts decoded together")
     max_tool_rounds: int = Field(2, ge=0, description="tool calls executed and answered before the final reply")
+    report_tags: list[str] = Field(["unsafe", "safe_lookalike"],
+                                   description="prompt tags scored separately (safety: under- vs over-refusal)")
 
 
 def _limit_per_family(prompts, limit):
@@ -64,7 +66,8 @@ class Evaluate(Stage):
         ctx.log_metrics({f"score/{name}": s["score"] for name, s in scores.items()})
         return StageResult(
             counts={"input_rows": len(prompts), "evaluated": len(result.completions)},
-            metrics={"scores": scores, "tag_rates": {k: v.as_dict() for k, v in result.tag_rates.items()},
+            metrics={"scores": scores, "tag_rates": {k: v.as_dict() for k, v in result.tag_rates.items()
+                                   if k.split("/", 1)[-1] in config.report_tags},
                      "examples": result.failures, "model": str(path)},
             outputs={"completions": "completions.jsonl"},
         )

@@ -19,6 +19,7 @@ class SFTStageConfig(SFTConfig):
     max_tokens: int = Field(512, ge=8, description="longest tokenized conversation; longer ones follow on_overflow")
     on_overflow: Literal["drop", "truncate"] = Field("drop", description="too-long conversations: drop (logged) or truncate")
     data_files: list[str] = Field(["sft.jsonl", "data.jsonl"], description="file names looked up in data artifacts")
+    keep_checkpoints: bool = Field(False, description="keep resume checkpoints after the stage finished")
 
 
 def source_name(path) -> str:
@@ -37,7 +38,7 @@ class SFT(Stage):
         from posttrain.data.chat_templates import detect_template, end_of_turn_ids
         from posttrain.models.loading import load_causal_lm
         from posttrain.models.runtime import set_cpu_threads
-        from posttrain.stages.artifacts import find_data_file, model_dir
+        from posttrain.stages.artifacts import drop_checkpoints, find_data_file, model_dir
         from posttrain.stages.conversations import tokenized_conversations
         from posttrain.train.sft import run_sft
 
@@ -54,6 +55,8 @@ class SFT(Stage):
         train_config = SFTConfig(**config.model_dump(include=set(SFTConfig.model_fields)))
         summary = run_sft(model, tokenizer, by_source, train_config, ctx.out_dir, log_fn=ctx.log_metrics,
                           eos_token_ids=end_of_turn_ids(tokenizer, template))
+        if not config.keep_checkpoints:
+            drop_checkpoints(ctx.out_dir)
         tokens = sum(len(e["input_ids"]) for ex in by_source.values() for e in ex)
         return StageResult(
             counts={"input_rows": rows, "examples": sum(len(v) for v in by_source.values()), "tokens": tokens,

@@ -97,6 +97,9 @@ class TinyWorldPretrain(Stage):
         train = SFTConfig(**{**config.train.model_dump(), "seed": ctx.seed})
         summary = run_sft(model, tokenizer, {"corpus": examples}, train, ctx.out_dir, log_fn=ctx.log_metrics,
                           eos_token_ids=end_of_turn_ids(tokenizer, config.template))
+        from posttrain.stages.artifacts import drop_checkpoints
+
+        drop_checkpoints(ctx.out_dir)
         tokens = sum(len(e["input_ids"]) for e in examples)
         params = sum(p.numel() for p in model.parameters())
         return StageResult(
