@@ -145,6 +145,7 @@ def save_causal_lm(
     FSDP2: gather a full state dict first and call `save_state_dict_as_hf` on rank 0.
     """
     base = unwrap_model(model)
+    ensure_architectures(base)
     return save_state_dict_as_hf(
         _state_dict_with_merged_adapters(base),
         base.config,
@@ -155,6 +156,12 @@ def save_causal_lm(
         generation_config=getattr(base, "generation_config", None),
         max_shard_bytes=max_shard_bytes,
     )
+
+
+def ensure_architectures(model: nn.Module) -> None:
+    """Name the model class in its config (`architectures`): vLLM and mergekit pick the class by it."""
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
 
 
 def save_state_dict_as_hf(

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from posttrain.data.packing import PackedBatch, collate_packed, pack_best_fit_decreasing
 from posttrain.losses.sft import sft_loss
 from posttrain.models.forward import unwrap_model
-from posttrain.models.loading import save_causal_lm, save_state_dict_as_hf
+from posttrain.models.loading import ensure_architectures, save_causal_lm, save_state_dict_as_hf
 from posttrain.models.logprobs import packed_token_logprobs
 from posttrain.train.adapters import is_lora, save_adapter
 from posttrain.train.config import SFTConfig
@@ -119,6 +119,7 @@ def save_final_model(
     if trainer.parallel == "fsdp2":
         if lora is not None:
             raise NotImplementedError("LoRA with FSDP2 is not supported; use DDP for adapter training")
+        ensure_architectures(base)
         state = trainer.full_model_state()  # collective: every rank gathers, rank 0 keeps it
         if trainer.ctx.is_main:
             save_state_dict_as_hf(
