@@ -12,6 +12,8 @@ import yaml
 from posttrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
+# Mean token NLL at the 6th SFT step of the reduced run, measured on x86 CPU (float32, seed 0).
+PINNED_SFT_LOSS = 5.2203
 
 
 def _reduced_recipe(tmp_path: Path) -> Path:
@@ -20,7 +22,7 @@ def _reduced_recipe(tmp_path: Path) -> Path:
     stages["world"]["config"].update(sft_per_family=40, eval_per_family=6)
     for eval_id in ("eval_base", "eval_sft"):
         stages[eval_id].setdefault("config", {}).update(max_new_tokens=64)
-    stages["sft"]["config"].update(epochs=1, max_steps=8, checkpoint_every=4)
+    stages["sft"]["config"].update(epochs=1, max_steps=6, checkpoint_every=3)
     for stage in recipe["stages"]:
         for name, ref in stage.get("inputs", {}).items():
             if isinstance(ref, str) and ref.startswith("path:"):
@@ -42,7 +44,7 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
     assert samples["input_rows"] == 208 and samples["quarantined"] == 8
     assert samples["quarantined_by_reason"]["role_order"] == 2
     sft = manifests["sft"]
-    assert sft["counts"]["steps"] == 8
+    assert sft["counts"]["steps"] == 6
     assert sft["metrics"]["final_loss"] == pytest.approx(PINNED_SFT_LOSS, abs=0.05)
     for eval_id in ("eval_base", "eval_sft"):
         scores = manifests[eval_id]["metrics"]["scores"]
@@ -58,5 +60,3 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
     after = {p.parent.name: json.loads(p.read_text())["finished"] for p in run_dir.glob("*/manifest.json")}
     assert after == before
 
-
-PINNED_SFT_LOSS = None  # filled from a measured run below
