@@ -22,7 +22,7 @@ def _reduced_recipe(tmp_path: Path) -> Path:
     stages["world"]["config"].update(sft_per_family=40, eval_per_family=6)
     for eval_id in ("eval_base", "eval_sft"):
         stages[eval_id].setdefault("config", {}).update(max_new_tokens=64)
-    stages["sft"]["config"].update(epochs=1, max_steps=6, checkpoint_every=3)
+    stages["sft"]["config"].update(epochs=1, max_steps=6, checkpoint_every=3, lr=2.0e-3, warmup_steps=20)
     for stage in recipe["stages"]:
         for name, ref in stage.get("inputs", {}).items():
             if isinstance(ref, str) and ref.startswith("path:"):
