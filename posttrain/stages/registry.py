@@ -18,6 +18,7 @@ _KINDS: dict[str, str] = {
     "tinyworld_pretrain": "posttrain.stages.tinyworld_pretrain:TinyWorldPretrain",
     "sft": "posttrain.stages.sft:SFT",
     "evaluate": "posttrain.stages.evaluate:Evaluate",
+    "merge": "posttrain.stages.merge:Merge",
 }
 _LOADED: dict[str, type[Stage]] = {}
 
