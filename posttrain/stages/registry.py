@@ -19,6 +19,12 @@ _KINDS: dict[str, str] = {
     "sft": "posttrain.stages.sft:SFT",
     "evaluate": "posttrain.stages.evaluate:Evaluate",
     "merge": "posttrain.stages.merge:Merge",
+    "generate": "posttrain.stages.generate:Generate",
+    "rejection_sampling": "posttrain.stages.rejection_sampling:RejectionSampling",
+    "judge": "posttrain.stages.judge:Judge",
+    "pairs": "posttrain.stages.pairs:Pairs",
+    "dpo": "posttrain.stages.dpo:DPO",
+    "reward_model": "posttrain.stages.reward_model:RewardModel",
 }
 _LOADED: dict[str, type[Stage]] = {}
 

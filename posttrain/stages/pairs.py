@@ -1,0 +1,58 @@
+"""Stage `pairs`: preference pairs (prompt, chosen, rejected) from scored completions.
+
+Reads the completions of `rejection_sampling`, `judge` or `generate` (scored), picks pairs with a
+strategy, drops near-identical ones (ROUGE-L) and those with too small a score gap, each drop with
+its reason in dropped.jsonl, and writes pairs.jsonl with both scores and a preference strength.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+from pydantic import Field
+
+from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
+
+
+class PairsConfig(StageConfig):
+    strategy: Literal["best_vs_worst", "best_vs_random_lower", "all_ranked_pairs"] = Field(
+        "best_vs_worst", description="which responses of a prompt are paired")
+    rank_by: Literal["score", "reward"] = Field("score", description="rank responses by grader/judge score or by reward")
+    min_gap: float = Field(0.0, ge=0.0, description="drop pairs whose chosen-rejected gap is below this (equal scores never pair)")
+    max_similarity: float = Field(0.9, ge=0.0, le=1.0, description="drop pairs whose two answers have ROUGE-L F above this")
+    strength_gaps: tuple[float, float, float] = Field(
+        (0.75, 0.5, 0.25), description="smallest gaps for significantly better / better / slightly better; below: negligibly better")
+    completion_files: list[str] = Field(["completions.jsonl"], description="file names looked up in completion artifacts")
+
+
+class Pairs(Stage):
+    kind = "pairs"
+    version = 1
+    Config = PairsConfig
+    inputs = {"completions": True}
+    description = "Build preference pairs from scored completions (strategy, ROUGE-L and gap filters, strength)."
+
+    def run(self, config: PairsConfig, ctx: StageContext) -> StageResult:
+        from posttrain.curate.pairs import PairOptions, build_pairs
+        from posttrain.data.io import load_records, write_records
+        from posttrain.data.records import Completion
+        from posttrain.stages.artifacts import find_data_file
+
+        files = [find_data_file(p, config.completion_files) for p in ctx.inputs_of("completions")]
+        completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+        options = PairOptions(strategy=config.strategy, rank_by=config.rank_by, min_gap=config.min_gap,
+                              max_similarity=config.max_similarity, strength_gaps=config.strength_gaps, seed=ctx.seed)
+        pairs = []
+        for pair in build_pairs(completions, options, lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)):
+            pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
+            pairs.append(pair)
+        write_records(ctx.out_dir / "pairs.jsonl", pairs)
+        strengths = Counter(p.strength for p in pairs)
+        families = Counter(p.prompt.family or "unknown" for p in pairs)
+        gaps = [p.meta.gap for p in pairs]  # type: ignore[attr-defined]
+        return StageResult(
+            counts={"input_rows": len(completions), "pairs": len(pairs)},
+            metrics={"strengths": dict(sorted(strengths.items())), "families": dict(sorted(families.items())),
+                     "mean_gap": sum(gaps) / len(gaps) if gaps else 0.0},
+            outputs={"pairs": "pairs.jsonl"},
+        )

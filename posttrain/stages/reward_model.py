@@ -1,0 +1,271 @@
+"""Stage `reward_model`: train a reward model on preference pairs and scored samples, then measure how it ranks.
+
+Inputs: `model` (the backbone: usually the SFT model), `pairs` (PreferencePair rows: chosen, rejected,
+optional edited answer, strength, absolute scores, attributes) and/or `scored` (Completion rows whose
+responses carry absolute scores: every pair of different scores is trained, and the scores feed the
+pointwise regulariser). Pairs whose two answers are near-identical (ROUGE-L F at or above
+`similarity_threshold`, as Llama 3 filters them) are dropped before training and logged.
+
+With `policy` and `prompts` bound, the trained model is evaluated: `eval.samples` replies per held-out
+prompt from the policy, graded by the tiny world's graders; pairwise accuracy on (passing, failing)
+pairs per family and per RewardBench category, and best-of-N gain for each N in `eval.ns`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
+from posttrain.train.config import TrainConfig
+
+Strength = Literal["significantly_better", "better", "slightly_better", "negligibly_better"]
+
+# Head presets: output names and the weights that combine them into one reward.
+HEAD_PRESETS: dict[str, tuple[list[str], list[float]]] = {
+    "scalar": (["reward"], [1.0]),
+    # Nemotron-4 340B Reward / HelpSteer2 (Wang et al. 2024).
+    "helpsteer2": (["helpfulness", "correctness", "coherence", "complexity", "verbosity"],
+                   [0.3, 0.74, 0.46, 0.47, -0.33]),
+    # AFM (Apple 2024): the reward beside single-sided grading outputs that weigh 0 at inference.
+    "afm": (["reward", "instruction_following", "conciseness", "truthfulness", "harmlessness"],
+            [1.0, 0.0, 0.0, 0.0, 0.0]),
+}
+
+# The tiny world's families in RewardBench's four categories.
+REWARDBENCH_CATEGORIES = {
+    "steerability": "chat", "multi_turn": "chat_hard", "instruction_following": "chat_hard",
+    "safety": "safety", "math": "reasoning", "tool_use": "reasoning",
+}
+
+
+class RewardEvalConfig(StageConfig):
+    prompts_per_family: int = Field(50, ge=1, description="held-out prompts per family")
+    samples: int = Field(16, ge=1, description="replies sampled per prompt from the policy")
+    ns: list[int] = Field([1, 4, 16], description="best-of-N sizes (each divides `samples`)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of the policy (the tiny SFT model's "
+                                                      "samples at 1.0 almost never pass)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int = Field(96, ge=1, description="most tokens per reply")
+    pairs_per_prompt: int = Field(4, ge=1, description="most (passing, failing) pairs drawn per prompt")
+    greedy: bool = Field(True, description="also compare the pick with the policy's greedy reply")
+    batch_size: int = Field(128, ge=1, description="sequences decoded together")
+
+    @model_validator(mode="after")
+    def _ns_divide_samples(self) -> "RewardEvalConfig":
+        bad = [n for n in self.ns if n < 1 or n > self.samples]
+        if bad:
+            raise ValueError(f"ns {bad} must lie in [1, samples={self.samples}]")
+        return self
+
+
+class RewardModelConfig(TrainConfig):
+    """TrainConfig plus the reward loss, its constants, the head and the data policy.
+
+    The constant defaults are those of `posttrain.losses.reward` (a test keeps them equal).
+    """
+
+    loss: Literal["bradley_terry", "margin", "soft_label", "attributes"] = Field(
+        "bradley_terry", description="objective: bradley_terry (Llama 3), margin (Llama 2), soft_label (AFM), "
+                                     "attributes (HelpSteer2 regression)")
+    margins: list[float] = Field([1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0], min_length=4, max_length=4,
+                                 description="margin per strength level, strongest first (Llama 2 'margin small')")
+    soft_labels: list[float] = Field([0.95, 0.85, 0.75, 0.65], min_length=4, max_length=4,
+                                     description="target P(chosen wins) per strength level, strongest first (AFM form)")
+    pointwise_alpha: float = Field(0.0, ge=0, description="Baichuan 2 pointwise MSE weight (0 for rows without scores)")
+    score_normalisation: Literal["range", "zscore", "none"] = Field(
+        "range", description="absolute scores: range maps score_range to [-1, 1]; zscore over the data; none")
+    score_range: tuple[float, float] = Field((0.0, 1.0), description="(low, high) of absolute scores for `range`")
+    centering_coef: float = Field(0.01, ge=0, description="reward centering weight on (r+ + r-)^2 (Eisenstein 2023)")
+    grading_coef: float = Field(1.0, ge=0, description="AFM single-sided grading regulariser weight (head outputs "
+                                                       "with targets)")
+    head: Literal["scalar", "helpsteer2", "afm"] = Field("scalar", description="head preset: outputs and weights")
+    head_outputs: list[str] | None = Field(None, description="override the preset's output names")
+    head_weights: list[float] | None = Field(None, description="override the preset's combination weights")
+    use_edited: bool = Field(True, description="train edited > chosen > rejected (all ordered pairs) when edited exists")
+    edited_strength: Strength | None = Field("better", description="strength of the edited answer over chosen")
+    similarity_threshold: float | None = Field(
+        0.9, ge=0, le=1, description="drop pairs whose answers have ROUGE-L F >= this (None = keep all)")
+    max_tokens: int = Field(512, ge=8, description="longest prompt + response (tokens); longer ones follow on_overflow")
+    on_overflow: Literal["truncate_left", "drop"] = Field(
+        "truncate_left", description="too-long sequences: keep their last max_tokens tokens (scorers do the same), "
+                                     "or drop the group (logged)")
+    pair_files: list[str] = Field(["pairs.jsonl", "data.jsonl"], description="file names looked up in `pairs` inputs")
+    scored_files: list[str] = Field(["completions.jsonl", "samples.jsonl", "data.jsonl"],
+                                    description="file names looked up in `scored` inputs")
+    eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig, description="held-out evaluation (needs "
+                                                                                 "policy and prompts inputs)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RewardModelConfig":
+        if self.lora is not None:
+            raise ValueError("lora: reward models train in full (the head must train)")
+        outputs, weights = self.head_spec()
+        if len(outputs) != len(weights):
+            raise ValueError(f"head has {len(outputs)} outputs but {len(weights)} weights")
+        return self
+
+    def head_spec(self) -> tuple[list[str], list[float]]:
+        outputs, weights = HEAD_PRESETS[self.head]
+        outputs = self.head_outputs or outputs
+        weights = self.head_weights or (weights if len(weights) == len(outputs) else [1.0] * len(outputs))
+        return list(outputs), list(weights)
+
+
+class RewardModel(Stage):
+    kind = "reward_model"
+    version = 1
+    Config = RewardModelConfig
+    inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False}
+    description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
+                   "pointwise and grading regularisers) and measure its held-out accuracy and best-of-N gain.")
+
+    def run(self, config: RewardModelConfig, ctx: StageContext) -> StageResult:
+        from posttrain.losses.reward import RewardLossSettings
+        from posttrain.models.reward import RewardHead, reward_model_from_causal_lm
+        from posttrain.models.runtime import set_cpu_threads
+        from posttrain.stages.artifacts import model_dir
+        from posttrain.train.reward import RewardLoss, run_reward_training
+
+        set_cpu_threads()
+        outputs, weights = config.head_spec()
+        head = RewardHead(tuple(outputs), tuple(weights))
+        model, tokenizer = reward_model_from_causal_lm(model_dir(ctx.input("model")), head, seed=config.seed,
+                                                       max_tokens=config.max_tokens)
+        groups, counts = _read_groups(config, ctx, tokenizer, head)
+        loss = RewardLoss(config.loss, RewardLossSettings(
+            margins=tuple(config.margins), soft_labels=tuple(config.soft_labels),
+            pointwise_alpha=config.pointwise_alpha, centering_coef=config.centering_coef,
+            grading_coef=config.grading_coef))
+        train_config = TrainConfig(**config.model_dump(include=set(TrainConfig.model_fields)))
+        summary = run_reward_training(model, tokenizer, groups, train_config, loss, head, ctx.out_dir,
+                                      log_fn=ctx.log_metrics)
+        counts.update(groups=summary["groups"], pairs=summary["pairs"], steps=summary["steps"],
+                      skipped_steps=summary["skipped_steps"])
+        metrics = {"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
+                   "head": head.as_config(), "loss": config.loss}
+        if ctx.inputs.get("policy") and ctx.inputs.get("prompts"):
+            metrics.update(_evaluate(config, ctx, ctx.out_dir / "model"))
+        return StageResult(counts=counts, metrics=metrics, outputs=summary["outputs"])
+
+
+def _response_text(messages) -> str:
+    """An answer as text for the similarity filter: contents and tool calls in order."""
+    parts = []
+    for msg in messages:
+        parts.append(msg.content or "")
+        parts.extend(f"{c.function.name} {c.function.arguments}" for c in msg.tool_calls or [])
+    return " ".join(parts)
+
+
+def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
+    """Training groups from the pairs and scored inputs, after the similarity and length filters."""
+    from posttrain.data.chat_templates import detect_template
+    from posttrain.data.io import RecordReader
+    from posttrain.data.lengths import TOO_LONG
+    from posttrain.data.records import Completion, PreferencePair
+    from posttrain.data.similarity import rouge_l_f
+    from posttrain.stages.artifacts import find_data_file
+    from posttrain.train.reward import completion_group, normalise_scores, pair_group
+
+    template = detect_template(tokenizer)
+    pair_reader, scored_reader = RecordReader(PreferencePair, ctx.quarantine), RecordReader(Completion, ctx.quarantine)
+    pairs = [r for p in ctx.inputs_of("pairs", required=False)
+             for r in pair_reader.iter(find_data_file(p, config.pair_files))]
+    completions = [r for p in ctx.inputs_of("scored", required=False)
+                   for r in scored_reader.iter(find_data_file(p, config.scored_files))]
+    for reader in (pair_reader, scored_reader):
+        reader.stats.check_share(ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+    if not pairs and not completions:
+        raise ValueError(f"stage {ctx.stage_id}: no pairs or scored rows to train on (bind `pairs` or `scored`)")
+    kept = []
+    for pair in pairs:
+        similarity = rouge_l_f(_response_text(pair.chosen), _response_text(pair.rejected))
+        if config.similarity_threshold is not None and similarity >= config.similarity_threshold:
+            ctx.dropped.add("similar_responses", detail=f"ROUGE-L F {similarity:.3f} >= {config.similarity_threshold}",
+                            row={"id": pair.id})
+        else:
+            kept.append(pair)
+    raw_scores = [s for p in kept for s in (p.chosen_score, p.rejected_score)]
+    raw_scores += [r.score for c in completions for r in c.responses]
+    scores = normalise_scores(raw_scores, config.score_normalisation, config.score_range)
+    groups, at = [], 0
+    for pair in kept:
+        groups.append(pair_group(pair, tokenizer, template, head, (scores[at], scores[at + 1]),
+                                 config.edited_strength, config.use_edited))
+        at += 2
+    for completion in completions:
+        k = len(completion.responses)
+        groups.append(completion_group(completion, tokenizer, template, head, scores[at:at + k]))
+        at += k
+    fitting = []
+    for group in groups:
+        longest = max(len(s) for s in group.sequences)
+        if longest > config.max_tokens and config.on_overflow == "truncate_left":
+            group = group.keep_last(config.max_tokens)
+        if max(len(s) for s in group.sequences) > config.max_tokens or group.num_tokens > config.micro_batch_tokens:
+            ctx.dropped.add(TOO_LONG, detail=f"{longest} tokens per response, {group.num_tokens} per group",
+                            row={"id": group.id})
+        elif group.pairs or any(s == s for s in group.scores):  # something to learn: a pair or a score
+            fitting.append(group)
+    counts = {"input_pairs": len(pairs), "input_scored": len(completions), "kept_pairs": len(kept)}
+    return fitting, counts
+
+
+def _first_per_family(prompts, limit: int):
+    seen: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        seen[prompt.family or ""] = seen.get(prompt.family or "", 0) + 1
+        if seen[prompt.family or ""] <= limit:
+            kept.append(prompt)
+    return kept
+
+
+def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
+    """Sample from the policy on held-out prompts; accuracy and best-of-N of the saved reward model."""
+    from posttrain.data.chat_templates import detect_template, end_of_turn_ids
+    from posttrain.data.io import load_records, write_records
+    from posttrain.data.records import Completion, Prompt, Response
+    from posttrain.evaluate.reward import evaluate_reward_model, sample_responses
+    from posttrain.generate.base import SamplingParams
+    from posttrain.generate.chat import generate_chat
+    from posttrain.generate.hf import HFGenerator
+    from posttrain.judge.reward_scorer import RewardModelScorer
+    from posttrain.models.loading import load_causal_lm
+    from posttrain.stages.artifacts import data_file, model_dir
+    from posttrain.tinyworld.world import TinyWorldGrader, execute_tool_call
+
+    ev = config.eval
+    prompts = load_records([data_file(p, "eval.jsonl") for p in ctx.inputs_of("prompts")], Prompt,
+                           ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+    prompts = _first_per_family(prompts, ev.prompts_per_family)
+    policy, tokenizer = load_causal_lm(model_dir(ctx.input("policy")))
+    template = detect_template(tokenizer)
+    generator = HFGenerator(policy, tokenizer, batch_size=ev.batch_size, eos_token_ids=end_of_turn_ids(tokenizer, template))
+    params = SamplingParams(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
+                            seed=config.seed)
+    samples = sample_responses(generator, tokenizer, prompts, ev.samples, params, template=template,
+                               tool_hook=execute_tool_call)
+    greedy = None
+    if ev.greedy:
+        greedy = generate_chat(generator, tokenizer, [(p.messages, p.tools) for p in prompts],
+                               SamplingParams(max_new_tokens=ev.max_new_tokens), template=template,
+                               tool_hook=execute_tool_call, max_tool_rounds=2)
+    scorer = RewardModelScorer(reward_dir)
+    result = evaluate_reward_model(scorer, TinyWorldGrader(), prompts, samples, ns=ev.ns, greedy=greedy,
+                                   category_of=REWARDBENCH_CATEGORIES, pairs_per_prompt=ev.pairs_per_prompt,
+                                   seed=config.seed)
+    rows = []
+    for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
+        responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
+                     for i, (r, v, g) in enumerate(zip(replies, rewards, grades))]
+        rows.append(Completion(prompt=prompt, responses=responses, meta={"stage": ctx.stage_id}))
+    write_records(ctx.out_dir / "eval_samples.jsonl", rows)
+    for n in ev.ns:
+        ctx.log_metrics({"step": n, **{f"best_of_n_gain/{family}": table[str(n)]["gain"]
+                                       for family, table in result.best_of_n.items()}})
+    ctx.log_metrics({f"reward_accuracy/{name}": entry["score"] for name, entry in result.accuracy.items()})
+    return {"reward_accuracy": result.accuracy, "reward_accuracy_by_category": result.category_accuracy,
+            "best_of_n": result.best_of_n, "sample_pass_rates": result.pass_rates,
+            "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples}

@@ -1,0 +1,87 @@
+"""Pair building: strategies, the gap and ROUGE-L filters with reasons, strengths and recorded scores."""
+import math
+
+import pytest
+
+from posttrain.curate.pairs import PairOptions, build_pairs, strength_of
+from posttrain.data.records import Completion, Message, Prompt, Response
+
+PROMPT = Prompt(messages=[Message(role="user", content="What is 2 + 3?")], family="math")
+TEXTS = ["The answer is five.", "I think it is seven, maybe.", "Six is my guess here.", "Ninety nine apples."]
+
+
+def completion(scores, texts=TEXTS, rewards=None, prompt=PROMPT) -> Completion:
+    responses = [Response(index=i, messages=[Message(role="assistant", content=t)], score=s,
+                          reward=None if rewards is None else rewards[i])
+                 for i, (s, t) in enumerate(zip(scores, texts))]
+    return Completion(prompt=prompt, responses=responses, meta={"stage": "rs"})
+
+
+def run(completions, **options):
+    drops = []
+    pairs = list(build_pairs(completions, PairOptions(**options), lambda r, d, row: drops.append((r, d, row))))
+    return pairs, drops
+
+
+def test_best_vs_worst_records_scores_strength_and_lineage():
+    c = completion([0.5, 1.0, 0.0, 0.25])
+    (pair,), drops = run([c])
+    assert drops == []
+    assert pair.chosen[0].content == TEXTS[1] and pair.rejected[0].content == TEXTS[2]
+    assert (pair.chosen_score, pair.rejected_score) == (1.0, 0.0)
+    assert pair.strength == "significantly_better"
+    assert pair.meta.chosen_id == c.responses[1].id and pair.meta.completion == c.id
+    assert pair.meta.gap == 1.0 and pair.meta.strategy == "best_vs_worst"
+
+
+def test_all_ranked_pairs_pairs_every_strict_difference():
+    pairs, _ = run([completion([1.0, 0.5, 0.5, 0.0])], strategy="all_ranked_pairs")
+    got = {(p.chosen[0].content, p.rejected[0].content) for p in pairs}
+    # 1.0 > 0.5, 0.5, 0.0; each 0.5 > 0.0; the two 0.5 do not pair.
+    assert got == {(TEXTS[0], TEXTS[1]), (TEXTS[0], TEXTS[2]), (TEXTS[0], TEXTS[3]),
+                   (TEXTS[1], TEXTS[3]), (TEXTS[2], TEXTS[3])}
+
+
+def test_best_vs_random_lower_is_seeded_and_always_lower():
+    c = completion([1.0, 0.0, 0.5, 0.0])
+    picks = {run([c], strategy="best_vs_random_lower", seed=s)[0][0].rejected[0].content for s in range(30)}
+    assert picks == {TEXTS[1], TEXTS[2], TEXTS[3]}
+    first = run([c], strategy="best_vs_random_lower", seed=3)[0]
+    assert run([c], strategy="best_vs_random_lower", seed=3)[0] == first
+    assert run([completion([1.0, 1.0, 1.0, 1.0])], strategy="best_vs_random_lower")[1][0][0] == "no_score_difference"
+
+
+def test_filters_drop_with_reasons():
+    near = ["The answer is five.", "The answer is five!", "the answer is five", "The answer is five"]
+    pairs, drops = run([completion([1.0, 0.0, 0.5, 0.5], texts=near)])
+    assert pairs == [] and drops[0][0] == "near_identical" and "ROUGE-L F 1.000" in drops[0][1]
+    pairs, drops = run([completion([0.6, 0.5, 0.55, 0.52])], min_gap=0.2)
+    assert pairs == [] and [d[0] for d in drops] == ["small_gap"]
+    pairs, drops = run([completion([0.3, 0.3, 0.3, 0.3])])
+    assert [d[0] for d in drops] == ["no_score_difference"]
+    pairs, drops = run([completion([1.0, None, math.nan, 0.0])])
+    assert len(pairs) == 1 and [d[0] for d in drops] == ["unscored", "unscored"]
+    pairs, drops = run([completion([1.0, None, None, None])])
+    assert [d[0] for d in drops] == ["unscored"] * 3 + ["too_few_responses"]
+    # A looser threshold keeps the near-identical pair.
+    pairs, _ = run([completion([1.0, 0.0, 0.5, 0.5], texts=near)], max_similarity=1.0)
+    assert len(pairs) == 1
+
+
+def test_rank_by_reward_records_rewards():
+    (pair,), _ = run([completion([1.0, 1.0, 0.0, 0.0], rewards=[0.1, 2.5, -1.0, 0.3])], rank_by="reward",
+                     strength_gaps=(3.0, 2.0, 1.0))
+    assert pair.chosen[0].content == TEXTS[1] and pair.rejected[0].content == TEXTS[2]
+    assert (pair.chosen_reward, pair.rejected_reward) == (2.5, -1.0)
+    assert pair.strength == "significantly_better"  # gap 3.5
+
+
+@pytest.mark.parametrize("gap, level", [(1.0, "significantly_better"), (0.75, "significantly_better"),
+                                        (0.6, "better"), (0.3, "slightly_better"), (0.1, "negligibly_better")])
+def test_strength_levels(gap, level):
+    assert strength_of(gap, (0.75, 0.5, 0.25)) == level
+
+
+def test_unknown_strategy_is_an_error():
+    with pytest.raises(ValueError, match="unknown pair strategy"):
+        run([completion([1.0, 0.0, 0.0, 0.0])], strategy="best")

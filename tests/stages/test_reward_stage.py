@@ -1,0 +1,140 @@
+"""Stage `reward_model` through the real CLI on a tiny random chat model, and the evaluation math by hand."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.cli import main
+from posttrain.data.io import write_records
+from posttrain.data.records import Completion, PreferencePair, Response
+from posttrain.evaluate.reward import accuracy_table, best_of_n_gain, best_of_n_table, passing_failing_pairs
+
+torch.set_num_threads(1)
+FAMILIES = ("math", "safety", "steerability")
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    from posttrain.data.bpe import train_bytelevel_bpe
+    from posttrain.models.loading import random_init_causal_lm, save_causal_lm
+
+    corpus = ["user assistant system what is the sum answer has coins more how many refuse"] * 20
+    tokenizer = train_bytelevel_bpe(corpus, 300, "chatml", seed_words=["answer", "coins"])
+    model = random_init_causal_lm("llama", vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
+                                  num_kv_heads=2, intermediate_size=64, max_position_embeddings=512, seed=0)
+    return save_causal_lm(model, tokenizer, tmp_path_factory.mktemp("chat") / "model")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Graded pairs (reference vs corrupted, one an exact copy), scored samples and eval prompts."""
+    from posttrain.tinyworld.world import FAMILIES as WORLD
+
+    out = tmp_path_factory.mktemp("world")
+    rng = random.Random(0)
+    pairs, completions = [], []
+    for name in FAMILIES:
+        family = WORLD[name]
+        for prompt in family.generate_prompts("train", 2, 0):
+            ref = family.reference_solution(prompt)
+            bad = family.corrupt(prompt, ref, rng)
+            pairs.append(PreferencePair(prompt=prompt, chosen=ref, rejected=bad, strength="better",
+                                        chosen_score=family.grade(prompt, ref).score,
+                                        rejected_score=family.grade(prompt, bad).score))
+            completions.append(Completion(prompt=prompt, responses=[
+                Response(index=0, messages=ref, score=1.0), Response(index=1, messages=bad, score=0.0)]))
+    pairs.append(PreferencePair(prompt=pairs[0].prompt, chosen=pairs[0].chosen, rejected=pairs[0].chosen))
+    write_records(out / "pairs.jsonl", pairs)
+    write_records(out / "completions.jsonl", completions)
+    evals = [p for name in FAMILIES for p in WORLD[name].generate_prompts("eval", 2, 0)]
+    write_records(out / "eval.jsonl", evals)
+    return out
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_reward_model_stage_trains_filters_and_evaluates(tmp_path, chat_model, world):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "rm"
+    args = ["reward-model", "--input", f"model={chat_model}", "--input", f"pairs={world / 'pairs.jsonl'}",
+            "--input", f"scored={world / 'completions.jsonl'}", "--input", f"policy={chat_model}",
+            "--input", f"prompts={world}", "--set", "loss=margin", "--set", "lr=1e-3", "--set", "pointwise_alpha=0.1",
+            "--set", "micro_batch_tokens=768", "--set", "eval.prompts_per_family=1", "--set", "eval.samples=4",
+            "--set", "eval.ns=[1, 2, 4]", "--set", "eval.max_new_tokens=4", "--out", str(out)]
+    assert main(args) == 0
+    m = manifest(out)
+    counts = m["counts"]
+    assert counts["input_pairs"] == 7 and counts["input_scored"] == 6
+    assert counts["dropped_by_reason"]["similar_responses"] >= 1  # the exact copy at least
+    assert counts["groups"] == counts["kept_pairs"] + 6 and counts["steps"] >= 1
+    metrics = m["metrics"]
+    assert metrics["loss"] == "margin" and metrics["head"] == {"outputs": ["reward"], "weights": [1.0]}
+    assert set(metrics["best_of_n"]) == {*FAMILIES, "overall"}
+    assert set(metrics["best_of_n"]["math"]) == {"1", "2", "4"}
+    assert metrics["best_of_n"]["overall"]["1"]["gain"] == pytest.approx(0.0)  # best of one is the mean
+    assert isinstance(metrics["reward_accuracy"], dict) and metrics["eval_samples_per_prompt"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    gain_rows = [r for r in rows if any(k.startswith("best_of_n_gain/") for k in r)]
+    assert [r["step"] for r in gain_rows] == [1, 2, 4]
+    samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all(r["reward"] is not None and r["score"] is not None
+                                     for s in samples for r in s["responses"])
+    hf = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True)
+    assert hf.config.num_labels == 1
+
+
+def test_reward_model_stage_needs_data(tmp_path, chat_model):
+    code = main(["reward-model", "--input", f"model={chat_model}", "--out", str(tmp_path / "rm")])
+    assert code != 0 and "no pairs or scored rows" in manifest(tmp_path / "rm")["error"]
+
+
+def test_config_rejects_unknown_loss_and_mismatched_head():
+    from pydantic import ValidationError
+
+    from posttrain.stages.reward_model import RewardModelConfig
+
+    with pytest.raises(ValidationError, match="loss"):
+        RewardModelConfig(loss="hinge")
+    with pytest.raises(ValidationError, match="2 outputs but 1 weights"):
+        RewardModelConfig(head_outputs=["a", "b"], head_weights=[1.0])
+    assert RewardModelConfig(head="helpsteer2").head_spec()[1] == [0.3, 0.74, 0.46, 0.47, -0.33]
+    assert RewardModelConfig(head="afm", head_outputs=["reward", "grade"]).head_spec() == (["reward", "grade"], [1.0, 1.0])
+
+
+# ---------------------------------------------------------------- evaluation math, by hand
+
+
+def test_accuracy_counts_ties_as_wrong():
+    table = accuracy_table([True, False, True, False], [["math", "overall"], ["math", "overall"],
+                                                       ["safety", "overall"], ["safety", "overall"]])
+    assert table["math"]["score"] == 0.5 and table["overall"]["n"] == 4
+    assert 0.0 <= table["math"]["low"] < 0.5 < table["math"]["high"] <= 1.0
+
+
+def test_passing_failing_pairs():
+    assert passing_failing_pairs([True, False, False], 4, random.Random(0)) == [(0, 1), (0, 2)]
+    assert len(passing_failing_pairs([True, True, False, False], 3, random.Random(0))) == 3
+    assert passing_failing_pairs([True, True], 4, random.Random(0)) == []
+
+
+def test_best_of_n_gain_by_hand():
+    rewards = [0.1, 0.9, 0.5, 0.5]
+    grades = [0.0, 1.0, 0.0, 1.0]
+    # N = 4: pick index 1 (grade 1), mean 0.5 -> gain 0.5.
+    assert best_of_n_gain(rewards, grades, 4) == (1.0, 0.5)
+    # N = 2: blocks {0, 1} -> pick 1 (1.0, mean 0.5); {2, 3} tie -> first, index 2 (0.0, mean 0.5).
+    assert best_of_n_gain(rewards, grades, 2) == (0.5, 0.5)
+    # N = 1: the pick is the sample: no gain.
+    assert best_of_n_gain(rewards, grades, 1) == (0.5, 0.5)
+    table = best_of_n_table([rewards, [1.0, 0.0, 0.0, 0.0]], [grades, [0.0, 1.0, 1.0, 1.0]], ["a", "b"], [4],
+                            greedy=[0.0, 1.0])
+    assert table["a"]["4"]["gain"] == 0.5 and table["b"]["4"]["gain"] == -0.75
+    assert table["overall"]["4"]["gain"] == pytest.approx(-0.125)
+    assert table["a"]["4"]["gain_vs_greedy"] == 1.0 and table["b"]["4"]["gain_vs_greedy"] == -1.0
+    with pytest.raises(ValueError, match="best-of-8"):
+        best_of_n_gain(rewards, grades, 8)
