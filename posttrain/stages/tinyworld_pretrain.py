@@ -35,6 +35,8 @@ class TinyWorldPretrainConfig(StageConfig):
     num_kv_heads: int = Field(2, ge=1, description="key/value heads (grouped-query attention)")
     intermediate_size: int = Field(512, ge=16, description="MLP width")
     context: int = Field(512, ge=32, description="max positions; documents longer than this are split")
+    stream: bool = Field(True, description="concatenate documents into context-long rows (positions run across "
+                                           "documents, as GPT-style pretraining does); False = one document per row")
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig, description="engine settings")
 
 
@@ -60,9 +62,27 @@ def family_text(seed: int, n_per_family: int, template: str) -> list[str]:
     return texts
 
 
+def pretraining_rows(docs: list[list[int]], context: int, stream: bool) -> list[dict]:
+    """Training rows of at most `context` tokens, loss on every token.
+
+    Streamed, documents are concatenated and cut every `context` tokens, so every position up to the
+    context is trained and the model learns to read past unrelated text before it: with one document
+    per row (the tiny world's documents average ~50 tokens) a model never sees position 300, where a
+    tool-use prompt's question sits after the tool definitions.
+    """
+    pieces = [[token for doc in docs for token in doc]] if stream else docs
+    rows = []
+    for ids in pieces:
+        for start in range(0, len(ids), context):
+            piece = ids[start:start + context]
+            if len(piece) > 1:
+                rows.append({"input_ids": piece, "loss_mask": [True] * len(piece)})
+    return rows
+
+
 class TinyWorldPretrain(Stage):
     kind = "tinyworld_pretrain"
-    version = 1
+    version = 2
     Config = TinyWorldPretrainConfig
     description = "Train the tiny world's tokenizer and pretrain its small Llama base model on world text."
 
@@ -81,13 +101,8 @@ class TinyWorldPretrain(Stage):
         tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200, config.template),
                                         config.vocab_size, config.template)
         separator = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)  # <|endoftext|> ends a document
-        examples = []
-        for doc in docs:
-            ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + [separator]
-            for start in range(0, len(ids), config.context):
-                piece = ids[start:start + config.context]
-                if len(piece) > 1:
-                    examples.append({"input_ids": piece, "loss_mask": [True] * len(piece)})
+        examples = pretraining_rows([tokenizer(doc, add_special_tokens=False)["input_ids"] + [separator] for doc in docs],
+                                    config.context, config.stream)
         model = random_init_causal_lm(
             "llama", vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_layers=config.num_layers,
             num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,

@@ -45,3 +45,14 @@ def test_pretrain_same_seed_is_deterministic(tmp_path):
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     assert _weights_hash(tmp_path / "a" / "model") == _weights_hash(tmp_path / "b" / "model")
     assert (tmp_path / "a" / "model" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "model" / "tokenizer.json").read_bytes()
+
+
+def test_streamed_rows_run_across_documents_and_fill_the_context():
+    from posttrain.stages.tinyworld_pretrain import pretraining_rows
+
+    docs = [[1, 2, 0], [3, 4, 5, 0], [6, 0]]
+    streamed = pretraining_rows(docs, context=4, stream=True)
+    assert [r["input_ids"] for r in streamed] == [[1, 2, 0, 3], [4, 5, 0, 6]]  # the lone trailing 0 is dropped
+    assert all(all(r["loss_mask"]) for r in streamed)
+    per_doc = pretraining_rows(docs, context=3, stream=False)
+    assert [r["input_ids"] for r in per_doc] == [[1, 2, 0], [3, 4, 5], [6, 0]]  # [0] alone is dropped
