@@ -10,10 +10,8 @@ lookup: a sample depends on its seed, never on what else is in the batch.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from posttrain.generate.base import FinishReason, Generation, SamplingParams
 from posttrain.generate.sharded import derive_seed
+from posttrain.models.runtime import eval_mode
 
 
 @dataclass
@@ -175,17 +174,6 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-@contextlib.contextmanager
-def _eval_mode(model) -> Iterator[None]:
-    """Dropout off while generating; the caller's train/eval state comes back afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 class HFGenerator:
     """Batched generation with a transformers causal LM (greedy, or sampled with a seed)."""
 
@@ -230,7 +218,7 @@ class HFGenerator:
         seed_keys = [(base_seed, i) for i in range(len(prompts))] if seeds is None else [(s, 0) for s in seeds]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[Generation]] = [[] for _ in prompts]
-        with torch.inference_mode(), _eval_mode(self.model):
+        with torch.inference_mode(), eval_mode(self.model):
             for start in range(0, len(order), prompts_per_batch):
                 indices = order[start:start + prompts_per_batch]
                 rows = [_Row(i, s, _row_seed(*seed_keys[i], s)) for i in indices for s in range(samples)]

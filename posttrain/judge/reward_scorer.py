@@ -7,7 +7,6 @@ given here (e.g. HelpSteer2's attributes re-weighted for one use).
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,17 +19,7 @@ from posttrain.data.tokenize import tokenize_conversation
 from posttrain.judge.scorer import Score
 from posttrain.models.forward import unwrap_model
 from posttrain.models.reward import RewardHead, load_reward_model, max_tokens_of, packed_head_outputs
-from posttrain.models.runtime import default_device
-
-
-@contextlib.contextmanager
-def _eval_mode(model) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+from posttrain.models.runtime import default_device, eval_mode
 
 
 class RewardModelScorer:
@@ -73,7 +62,7 @@ class RewardModelScorer:
         ids = [self._ids(messages, tools) for messages, tools in conversations]
         device = next(self.model.parameters()).device
         out = []
-        with torch.inference_mode(), _eval_mode(self.model):
+        with torch.inference_mode(), eval_mode(self.model):
             for chunk in self._chunks(ids):
                 batch = collate_packed([{"input_ids": x, "loss_mask": [False] * len(x)} for x in chunk])
                 out.append(packed_head_outputs(self.model, batch.to(device)).float().cpu())

@@ -1,8 +1,10 @@
 """Process-level runtime choices: CPU threads, seeds, default device and dtype."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from typing import Iterator
 
 import torch
 
@@ -54,3 +56,14 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """bfloat16 on GPU (training and inference), float32 on CPU (bf16 matmuls are slow there)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off inside the block; the caller's train/eval state comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

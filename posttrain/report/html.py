@@ -137,6 +137,36 @@ def _scores_section(views: list[StageView]) -> str:
     return f"<section><h2>scores (95% intervals)</h2>{table}{chart}</section>"
 
 
+def _model_path(bound: dict[str, Any]) -> str:
+    return str(Path(str(bound.get("path", ""))).resolve())
+
+
+def _merge_sections(views: list[StageView]) -> str:
+    """For each merge stage: its evaluated scores beside each evaluated member's, per family."""
+    evaluated = {}  # resolved model path -> (eval label, scores)
+    for view in views:
+        scores = view.manifest.get("metrics", {}).get("scores")
+        for bound in view.manifest.get("inputs", {}).get("model", []) if isinstance(scores, dict) else []:
+            evaluated[_model_path(bound)] = (view.label, scores)
+    out = []
+    for view in views:
+        if view.manifest.get("kind") != "merge" or str(view.path.resolve()) not in evaluated:
+            continue
+        members = [_model_path(b) for b in view.manifest.get("inputs", {}).get("models", [])]
+        rows = [(Path(m).name, *evaluated[m]) for m in members if m in evaluated]
+        rows.append((f"{view.label} (merged)", *evaluated[str(view.path.resolve())]))
+        families = sorted({f for _, _, scores in rows for f in scores if isinstance(scores[f], dict)})
+        head = "".join(f"<th>{escape(f)}</th>" for f in families)
+        body = "".join(
+            f"<tr><th>{escape(name)}</th><td>{escape(label)}</td>"
+            + "".join(f"<td>{_interval(scores.get(f))}</td>" for f in families) + "</tr>"
+            for name, label, scores in rows)
+        method = view.manifest.get("metrics", {}).get("method", "?")
+        out.append(f"<section><h2>merge {escape(view.label)} ({escape(str(method))}) vs its members</h2>"
+                   f"<table><tr><th>model</th><th>evaluated by</th>{head}</tr>{body}</table></section>")
+    return "".join(out)
+
+
 def _overview(views: list[StageView]) -> str:
     rows = "".join(
         f'<tr><td><a href="#{escape(v.label)}">{escape(v.label)}</a></td><td>{escape(str(v.manifest.get("kind", "?")))}</td>'
@@ -162,6 +192,7 @@ def render_report(run_dir: str | Path) -> Path:
         f"<h1>posttrain run: {escape(str(name))}</h1><p>{escape(str(run_dir.resolve()))} (report written {generated})</p>",
         _overview(views),
         _scores_section(views),
+        _merge_sections(views),
         *(_stage_section(view, rows) for view in views),
         f"<section><h2>recipe (resolved)</h2><pre>{escape(recipe_text)}</pre></section>",
         "</body></html>",

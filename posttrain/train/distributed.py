@@ -80,6 +80,20 @@ def shard_for_rank(items: Sequence[T], ctx: DistContext) -> list[T]:
     return list(items[ctx.rank :: ctx.world_size])
 
 
+def rank_steps(rows: Sequence[T], accumulation: int, ctx: DistContext, empty_row: T) -> list[list[T]]:
+    """An epoch's rows grouped into optimizer steps of accumulation x world rows, this rank's share of each.
+
+    A short last step is padded with `empty_row` (no loss tokens) up to a multiple of the world size.
+    """
+    per_step = accumulation * ctx.world_size
+    steps = []
+    for start in range(0, len(rows), per_step):
+        step_rows = list(rows[start : start + per_step])
+        step_rows += [empty_row] * (-len(step_rows) % ctx.world_size)
+        steps.append(shard_for_rank(step_rows, ctx))
+    return steps
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated transformer blocks (each becomes one FSDP2 shard group)."""
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]

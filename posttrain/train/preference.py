@@ -27,6 +27,7 @@ from posttrain.data.tokenize import tokenize_conversation
 from posttrain.losses.preference import PairLogps, preference_metrics
 from posttrain.models.forward import _last_hidden_state, lm_head_of
 from posttrain.models.logprobs import sequence_logprobs, shifted_targets, token_logprobs
+from posttrain.models.runtime import eval_mode
 from posttrain.train.config import TrainConfig
 from posttrain.train.distributed import DistContext, barrier, init_distributed, shard_for_rank
 from posttrain.train.engine import LossFn, LossOutput, Trainer, _autocast_dtype, plan_total_steps
@@ -215,17 +216,15 @@ def reference_logps(
     rows = PackedRows.pack(sequences, row_tokens)
     per_forward = max(1, batch_tokens // row_tokens)
     out = torch.zeros(len(sequences), dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(rows.rows), per_forward):
-        end = start + per_forward
-        first = sum(row.num_sequences for row in rows.rows[:start])
-        count = sum(row.num_sequences for row in rows.rows[start:end])
-        group = PackedRows(rows.rows[start:end], torch.arange(count)).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            scored = group.sequence_logprobs(model, chunk_size)
-        out[rows.slots[first : first + count]] = scored.float().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(rows.rows), per_forward):
+            end = start + per_forward
+            first = sum(row.num_sequences for row in rows.rows[:start])
+            count = sum(row.num_sequences for row in rows.rows[start:end])
+            group = PackedRows(rows.rows[start:end], torch.arange(count)).to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                scored = group.sequence_logprobs(model, chunk_size)
+            out[rows.slots[first : first + count]] = scored.float().cpu()
     return out.view(-1, 2)
 
 

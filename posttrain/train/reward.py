@@ -31,7 +31,7 @@ from posttrain.losses.reward import (
 from posttrain.models.forward import unwrap_model
 from posttrain.models.reward import RewardHead, packed_head_outputs, save_reward_model
 from posttrain.train.config import TrainConfig
-from posttrain.train.distributed import DistContext, barrier, init_distributed, shard_for_rank
+from posttrain.train.distributed import DistContext, barrier, init_distributed, rank_steps
 from posttrain.train.engine import LossFn, LossOutput, Trainer, plan_total_steps
 from posttrain.train.mixture import mixture_rng
 from posttrain.train.step_log import LogFn
@@ -234,13 +234,7 @@ class RewardPlan:
 
     def steps(self, epoch: int) -> _EpochSteps:
         if epoch not in self._cache:
-            rows, world = self.rows(epoch), self.ctx.world_size
-            per_step = self.config.accumulation * world
-            steps = []
-            for start in range(0, len(rows), per_step):
-                step_rows = rows[start:start + per_step]
-                step_rows += [[]] * (-len(step_rows) % world)
-                steps.append(shard_for_rank(step_rows, self.ctx))
+            steps = rank_steps(self.rows(epoch), self.config.accumulation, self.ctx, [])
             self._cache = {epoch: _EpochSteps(steps, self.num_outputs)}  # keep one epoch in memory
         return self._cache[epoch]
 

@@ -19,7 +19,7 @@ from posttrain.models.loading import ensure_architectures, save_causal_lm, save_
 from posttrain.models.logprobs import packed_token_logprobs
 from posttrain.train.adapters import is_lora, save_adapter
 from posttrain.train.config import SFTConfig
-from posttrain.train.distributed import DistContext, barrier, init_distributed, shard_for_rank
+from posttrain.train.distributed import DistContext, barrier, init_distributed, rank_steps
 from posttrain.train.engine import LossFn, LossOutput, Trainer, plan_total_steps
 from posttrain.train.mixture import mixture_rng, sample_mixture
 from posttrain.train.step_log import LogFn
@@ -88,13 +88,7 @@ class SFTPlan:
 
     def steps(self, epoch: int) -> _EpochSteps:
         if epoch not in self._cache:
-            rows, world = self.rows(epoch), self.ctx.world_size
-            per_step = self.config.accumulation * world
-            steps = []
-            for start in range(0, len(rows), per_step):
-                step_rows = rows[start : start + per_step]
-                step_rows += [[_EMPTY_ROW]] * (-len(step_rows) % world)
-                steps.append(shard_for_rank(step_rows, self.ctx))
+            steps = rank_steps(self.rows(epoch), self.config.accumulation, self.ctx, [_EMPTY_ROW])
             self._cache = {epoch: _EpochSteps(steps)}  # keep one epoch in memory
         return self._cache[epoch]
 

@@ -60,6 +60,8 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
     assert (run_dir / "report.html").stat().st_size > 10_000
     html = (run_dir / "report.html").read_text()
     assert "eval_sft" in html and "bad_json" in html
+    merge_table = html[html.index("merge merged (linear) vs its members"):].split("</table>")[0]
+    assert all(f"<th>{name}</th>" in merge_table for name in ("sft_ref", "sft_rs", "merged (merged)"))
 
     # A rerun finds every stage cached.
     before = {k: m["finished"] for k, m in manifests.items()}
