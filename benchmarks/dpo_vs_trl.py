@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_vs_trl import CHILD_ENV, machine, resident_kib  # noqa: E402  (the SFT benchmark's measurement helpers)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared trial mechanics sit beside this script
+import _trials as shared  # noqa: E402
 
 MODES = ("posttrain", "trl_precompute", "trl_live")
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,19 +166,14 @@ def run_posttrain(model_dir: Path, rows: list[dict], settings: Settings) -> dict
     reference_seconds = time.perf_counter() - start
     plan = PreferencePlan(pairs, settings.pairs_per_step, config.micro_batch_tokens, 1, config.seed, ctx)
     step_tokens = [sum(batch.input_ids.numel() for batch in step) for step in plan.steps(0)]
-    ends, losses = [], []
-
-    def log_fn(row: dict[str, Any]) -> None:
-        ends.append(time.perf_counter())
-        losses.append(row["loss"])
-
+    log = shared.StepLog()
     loss = bind_loss("dpo", beta=settings.beta)
     trainer = Trainer(model, config, preference_loss_fn(loss, settings.beta, config.logprob_chunk_size),
-                      total_steps=plan_total_steps(plan, config.max_steps), checkpoint_dir=None, log_fn=log_fn, ctx=ctx)
+                      total_steps=plan_total_steps(plan, config.max_steps), checkpoint_dir=None, log_fn=log, ctx=ctx)
     train_start = time.perf_counter()
     trainer.fit(plan)
-    return {"reference_seconds": reference_seconds, "train_start": train_start, "step_ends": ends,
-            "step_real_tokens": step_tokens, "step_computed_tokens": step_tokens, "losses": losses,
+    return {"reference_seconds": reference_seconds, "train_start": train_start, "step_ends": log.ends,
+            "step_real_tokens": step_tokens, "step_computed_tokens": step_tokens, "losses": log.losses,
             "config": config.model_dump(mode="json")}
 
 
@@ -190,12 +183,8 @@ def run_posttrain(model_dir: Path, rows: list[dict], settings: Settings) -> dict
 def trl_config_kwargs(mode: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Every DPOConfig field this benchmark sets; the rest are TRL's defaults (each trial stores the full config)."""
     common = dict(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False,  # float32, like posttrain on CPU
-        gradient_checkpointing=False,  # TRL defaults to True; posttrain does not recompute activations
-        learning_rate=settings.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,  # = posttrain's AdamW
-        max_steps=settings.steps, seed=settings.seed, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, beta=settings.beta, loss_type=["sigmoid"], max_length=settings.max_length,
+        **shared.trl_common_kwargs(out_dir, settings.lr, settings.steps, settings.seed),
+        beta=settings.beta, loss_type=["sigmoid"], max_length=settings.max_length,
         per_device_train_batch_size=settings.trl_micro_batch_pairs,
         gradient_accumulation_steps=settings.trl_accumulation, dataloader_drop_last=False,
     )
@@ -210,39 +199,19 @@ def trl_config_kwargs(mode: str, settings: Settings, out_dir: Path) -> dict[str,
 def run_trl(mode: str, model_dir: Path, rows: list[dict], settings: Settings, out_dir: Path) -> dict[str, Any]:
     """TRL's DPOTrainer on the same pairs (as text that tokenizes to the same ids); steps timed by a callback."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     reference_seconds = [0.0]
 
-    class CountingDPOTrainer(DPOTrainer):
-        """Times the reference pass and counts real / computed tokens per micro-batch; the math is TRL's own."""
-
-        real_tokens = computed_tokens = 0
+    class CountingDPOTrainer(shared.token_counting(DPOTrainer)):
+        """Also times the reference pass; the math is TRL's own."""
 
         def _precompute_ref_logps(self, *args, **kwargs):
             start = time.perf_counter()
             out = super()._precompute_ref_logps(*args, **kwargs)
             reference_seconds[0] += time.perf_counter() - start
             return out
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            self.computed_tokens += inputs["input_ids"].numel()
-            self.real_tokens += int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, *args, **kwargs)
-
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.ends, self.real, self.computed, self.losses = [], [], [], []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
-            self.real.append(trainer.real_tokens)
-            self.computed.append(trainer.computed_tokens)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(logs["loss"])
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype="float32")
@@ -251,15 +220,14 @@ def run_trl(mode: str, model_dir: Path, rows: list[dict], settings: Settings, ou
         ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype="float32")
     dataset = Dataset.from_list([row["text"] for row in rows])
     args = DPOConfig(**trl_config_kwargs(mode, settings, out_dir))
-    clock = StepClock()
+    clock = shared.step_clock(lambda: (trainer.real_tokens, trainer.computed_tokens))
     trainer = CountingDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                                  processing_class=tokenizer, callbacks=[clock])
     same_ids = _same_ids(trainer.train_dataset, rows)
     train_start = time.perf_counter()
     trainer.train()
-    return {"reference_seconds": reference_seconds[0], "train_start": train_start, "step_ends": clock.ends,
-            "step_real_tokens": _diffs(clock.real), "step_computed_tokens": _diffs(clock.computed),
-            "losses": clock.losses, "config": json.loads(args.to_json_string()), "same_token_ids": same_ids}
+    return {"reference_seconds": reference_seconds[0], "train_start": train_start, **clock.steps(),
+            "config": json.loads(args.to_json_string()), "same_token_ids": same_ids}
 
 
 def _same_ids(dataset, rows: list[dict]) -> bool:
@@ -272,44 +240,29 @@ def _same_ids(dataset, rows: list[dict]) -> bool:
     return len(dataset) == len(rows)
 
 
-def _diffs(cumulative: list[int]) -> list[int]:
-    return [b - a for a, b in zip([0] + cumulative[:-1], cumulative)]
-
-
 # ---------------------------------------------------------------- child: one trial
 
 
 def child(mode: str, work_dir: Path, settings: Settings, result_path: Path) -> None:
-    import torch
-    import transformers
-
-    from posttrain.models.runtime import set_cpu_threads
-
-    if mode != "posttrain":
-        import datasets  # noqa: F401  (imported before the baseline, like posttrain's own imports)
-        import trl  # noqa: F401
-    set_cpu_threads(settings.threads)
-    baseline_kib = resident_kib("VmRSS")
+    baseline_kib = shared.start_child(mode, settings.threads)
     with open(work_dir / "pairs.jsonl") as f:
         rows = [json.loads(line) for line in f]
     if mode == "posttrain":
         run = run_posttrain(work_dir / "model", rows, settings)
     else:
         run = run_trl(mode, work_dir / "model", rows, settings, work_dir / f"trl_{mode}")
-    result = {**run, "mode": mode, "baseline_kib": baseline_kib, "peak_kib": resident_kib("VmHWM"),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__}
+    result = {**run, "mode": mode, "baseline_kib": baseline_kib, "peak_kib": shared.resident_kib("VmHWM"),
+              **shared.runtime_fields()}
     result.update(summarise_trial(result, settings))
     result_path.write_text(json.dumps(result))
 
 
 def summarise_trial(run: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """End-to-end pairs/s (reference pass + all steps), steady training pairs/s and tokens/s after warmup."""
-    ends, real, computed = run["step_ends"], run["step_real_tokens"], run["step_computed_tokens"]
-    if len(ends) != settings.steps:
-        raise RuntimeError(f"{run['mode']}: {len(ends)} optimizer steps recorded, expected {settings.steps}")
+    real, computed = run["step_real_tokens"], run["step_computed_tokens"]
     w = settings.warmup
-    steady = ends[-1] - ends[w - 1] if w else ends[-1] - run["train_start"]
-    end_to_end = run["reference_seconds"] + ends[-1] - run["train_start"]
+    steady = shared.steady_seconds(run, settings.steps, w, "train_start")
+    end_to_end = run["reference_seconds"] + run["step_ends"][-1] - run["train_start"]
     return {
         "end_to_end_seconds": end_to_end,
         "pairs_per_s": settings.pairs / end_to_end,
@@ -324,28 +277,13 @@ def summarise_trial(run: dict[str, Any], settings: Settings) -> dict[str, Any]:
 # ---------------------------------------------------------------- driver
 
 
-def run_trial(mode: str, trial: int, work_dir: Path, settings: Settings, timeout: int) -> dict[str, Any]:
-    result_path = work_dir / f"result_{mode}_{trial}.json"
-    result_path.unlink(missing_ok=True)
-    env = {**os.environ, **CHILD_ENV, "OMP_NUM_THREADS": str(settings.threads), "TQDM_DISABLE": "1"}
-    command = [sys.executable, __file__, "--child", mode, "--work-dir", str(work_dir),
-               "--settings", json.dumps(dataclasses.asdict(settings)), "--result", str(result_path)]
-    started = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} trial {trial} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result = json.loads(result_path.read_text())
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
-
-
 def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Print the table of medians and the verdict against the target; returns the summary."""
     print(f"{'mode':<16}{'pairs/s e2e':>12}{'(min-max)':>14}{'ref s':>7}{'train p/s':>10}{'tokens/s':>9}"
           f"{'pad%':>6}{'peak+MiB':>9}{'peakMiB':>8}{'loss@end':>9}")
     summary: dict[str, Any] = {}
     for mode, results in by_mode.items():
-        med = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
+        med = lambda key: shared.median_of(results, key)  # noqa: E731
         pps = [r["pairs_per_s"] for r in results]
         row = {"pairs_per_s": med("pairs_per_s"), "min": min(pps), "max": max(pps),
                "reference_seconds": med("reference_seconds"), "train_pairs_per_s": med("train_pairs_per_s"),
@@ -361,9 +299,8 @@ def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
               f"{100 * row['padding_share']:>6.1f}{row['peak_above_baseline_mib']:>9.0f}{row['peak_mib']:>8.0f}"
               f"{row['final_loss']:>9.4f}")
     print(f"{'GPU':<16}not measured (no GPU drawn)")
-    trl_modes = [m for m in summary if m != "posttrain"]
-    if "posttrain" in summary and trl_modes:
-        best = max(trl_modes, key=lambda m: summary[m]["pairs_per_s"])
+    best = shared.best_rival(summary, "pairs_per_s")
+    if best:
         ours = summary["posttrain"]
         speed = ours["pairs_per_s"] / summary[best]["pairs_per_s"]
         tokens = ours["tokens_per_s"] / summary[best]["tokens_per_s"]
@@ -380,7 +317,7 @@ def drive(args: argparse.Namespace) -> None:
     settings = Settings(steps=args.steps, warmup=args.warmup, threads=args.threads)
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    before = machine()
+    before = shared.machine(("torch", "transformers", "trl"))
     print(f"machine: {before}")
     data = prepare(settings, work_dir)
     print(f"data: {data}")
@@ -389,44 +326,25 @@ def drive(args: argparse.Namespace) -> None:
           f"{settings.trl_micro_batch_pairs} pairs x {settings.trl_accumulation} accumulation")
     for mode in MODES[1:]:
         kwargs = trl_config_kwargs(mode, settings, work_dir / f"trl_{mode}")
-        print(f"TRL {mode}: DPOConfig(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "output_dir") + ")")
-    modes = [m for m in MODES if m in args.modes]
-    by_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    for trial in range(args.trials):
-        for mode in modes[trial % len(modes):] + modes[: trial % len(modes)]:  # rotate the order each round
-            result = run_trial(mode, trial, work_dir, settings, args.trial_timeout)
-            by_mode[mode].append(result)
-            print(f"trial {trial} {mode:<16} {result['pairs_per_s']:6.2f} pairs/s e2e  "
-                  f"(ref {result['reference_seconds']:.1f} s)  {result['tokens_per_s']:6.0f} tokens/s  "
-                  f"peak +{result['peak_above_baseline_mib']:.0f} MiB  loss {result['losses'][-1]:.4f}  "
-                  f"load {os.getloadavg()[0]:.2f}  ({result['wall_seconds']:.0f} s)", flush=True)
+        print(f"TRL {mode}: " + shared.config_call("DPOConfig", kwargs))
+    env = shared.child_env(settings.threads, TQDM_DISABLE="1")
+    by_mode = shared.run_rounds(
+        [m for m in MODES if m in args.modes], args.trials,
+        lambda mode, trial: shared.run_child_trial(__file__, mode, trial, work_dir, dataclasses.asdict(settings),
+                                                   env, args.trial_timeout),
+        lambda result: (f"{result['pairs_per_s']:6.2f} pairs/s e2e  (ref {result['reference_seconds']:.1f} s)  "
+                        f"{result['tokens_per_s']:6.0f} tokens/s  peak +{result['peak_above_baseline_mib']:.0f} MiB  "
+                        f"loss {result['losses'][-1]:.4f}"),
+        width=16)
     summary = report(by_mode)
-    after = os.getloadavg()
-    print(f"load average before {before['loadavg']}, after {after}")
-    out = {"machine": before, "loadavg_after": after, "settings": dataclasses.asdict(settings), "data": data,
-           "summary": summary, "trials": {m: [{k: v for k, v in r.items() if k != "step_ends"} for r in rs]
-                                          for m, rs in by_mode.items()}}
-    (work_dir / "results.json").write_text(json.dumps(out, indent=1))
-    print(f"results: {work_dir / 'results.json'}")
+    shared.write_results(work_dir, before, dataclasses.asdict(settings), data, summary, by_mode)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=3, help="trials per mode")
-    parser.add_argument("--steps", type=int, default=Settings.steps, help="optimizer steps per trial (one pass)")
-    parser.add_argument("--warmup", type=int, default=Settings.warmup, help="first steps left out of the training rate")
-    parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads in every trial")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR))
-    parser.add_argument("--trial-timeout", type=int, default=600, help="seconds before a trial is killed")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--settings", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, Path(args.work_dir), Settings(**json.loads(args.settings)), Path(args.result))
-    else:
-        drive(args)
+    parser = shared.trial_parser(__doc__.split("\n")[0], MODES, Settings, DEFAULT_WORK_DIR,
+                                 steps_help="optimizer steps per trial (one pass)",
+                                 warmup_help="first steps left out of the training rate")
+    shared.dispatch(parser.parse_args(), Settings, child, drive)
 
 
 if __name__ == "__main__":

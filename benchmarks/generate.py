@@ -35,6 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared trial mechanics sit beside this script
+from _trials import cpu_model, rotated  # noqa: E402
+
 METHODS = ("posttrain", "hf_loop", "hf_batched")
 TEMPLATE = "chatml"
 
@@ -176,11 +179,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model(default=platform.processor() or "unknown")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cores": cores, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         setup = build_workdir(args, workdir)
         runs: dict[str, list[dict]] = {m: [] for m in METHODS}
         for t in range(args.trials):
-            for method in METHODS[t % len(METHODS):] + METHODS[: t % len(METHODS)]:  # rotate the order
+            for method in rotated(METHODS, t):
                 result = trial(args, method, workdir, argv)
                 runs[method].append(result)
                 print(f"trial {t + 1} {method:>10}: {result['tokens_per_s']:7.1f} tok/s "

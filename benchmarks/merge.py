@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared trial mechanics sit beside this script
+from _trials import cpu_model, rotated  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "out" / "merge"
 MERGEKIT_VENV = ROOT / ".venv-mergekit"
@@ -217,8 +220,7 @@ def compare_outputs(first: Path, second: Path) -> tuple[float, float]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def versions() -> dict[str, str]:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {tool: [] for tool in TOOLS}
     results: dict[str, dict[str, list]] = {m: {tool: [] for tool in TOOLS} for m in args.methods}
     for trial in range(args.trials):
-        order = TOOLS if trial % 2 == 0 else TOOLS[::-1]
+        order = rotated(TOOLS, trial)  # two tools: each goes first every other round
         for tool in order:
             baselines[tool].append(run_measured(commands[tool](None, None), work_dir / f"{tool}-baseline.log"))
         for method in args.methods:

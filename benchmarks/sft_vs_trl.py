@@ -24,21 +24,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared trial mechanics sit beside this script
+import _trials as shared  # noqa: E402
+
 MODES = ("posttrain", "trl_padded", "trl_packed", "trl_padding_free")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "out" / "sft_vs_trl"
-CHILD_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true",
-}
 
 
 @dataclasses.dataclass
@@ -113,15 +110,6 @@ def packed_accumulation(lengths: list[int], settings: Settings) -> int:
 # ---------------------------------------------------------------- child: measurements
 
 
-def resident_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak so far) of this process, in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
     """Best float32 torch.mm FLOP/s of this process (threads as set): the CPU's practical peak for MFU."""
     import torch
@@ -174,18 +162,13 @@ def run_posttrain(model, examples: list[dict], settings: Settings) -> dict[str, 
         step_tokens += [sum(batch.input_ids.numel() for batch in step) for step in plan.steps(epoch)]
         epoch += 1
     step_tokens = step_tokens[: settings.steps]
-    ends, losses = [], []
-
-    def log_fn(row: dict[str, Any]) -> None:
-        ends.append(time.perf_counter())
-        losses.append(row["loss"])
-
+    log = shared.StepLog()
     trainer = Trainer(model, config, sft_loss_fn(config.logprob_chunk_size),
-                      total_steps=plan_total_steps(plan, config.max_steps), checkpoint_dir=None, log_fn=log_fn, ctx=ctx)
+                      total_steps=plan_total_steps(plan, config.max_steps), checkpoint_dir=None, log_fn=log, ctx=ctx)
     start = time.perf_counter()
     trainer.fit(plan)
-    return {"start": start, "step_ends": ends, "step_real_tokens": step_tokens, "step_computed_tokens": step_tokens,
-            "losses": losses, "config": config.model_dump(mode="json")}
+    return {"start": start, "step_ends": log.ends, "step_real_tokens": step_tokens, "step_computed_tokens": step_tokens,
+            "losses": log.losses, "config": config.model_dump(mode="json")}
 
 
 # ---------------------------------------------------------------- child: TRL
@@ -193,14 +176,8 @@ def run_posttrain(model, examples: list[dict], settings: Settings) -> dict[str, 
 
 def trl_config_kwargs(mode: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Every SFTConfig field this benchmark sets; the rest are TRL 1.16's defaults (printed in full per trial)."""
-    common = dict(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False,  # float32, like posttrain on CPU
-        gradient_checkpointing=False,  # TRL defaults to True; posttrain does not recompute activations
-        learning_rate=settings.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,  # = posttrain's AdamW
-        max_steps=settings.steps, seed=settings.seed, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, assistant_only_loss=False,  # the dataset brings the same assistant mask as `assistant_masks`
-    )
+    common = {**shared.trl_common_kwargs(out_dir, settings.lr, settings.steps, settings.seed),
+              "assistant_only_loss": False}  # the dataset brings the same assistant mask as `assistant_masks`
     if mode == "trl_padded":
         return {**common, "max_length": settings.max_length, "per_device_train_batch_size": settings.micro_batch_sequences,
                 "gradient_accumulation_steps": settings.accumulation}
@@ -217,66 +194,29 @@ def trl_config_kwargs(mode: str, settings: Settings, out_dir: Path) -> dict[str,
 def run_trl(mode: str, model, tokenizer, examples: list[dict], settings: Settings, out_dir: Path) -> dict[str, Any]:
     """TRL's SFTTrainer on the same token ids and assistant mask; steps timed by a callback."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
-
-    class CountingSFTTrainer(SFTTrainer):
-        """Counts real and computed input tokens of each micro-batch; training itself is TRL's own."""
-
-        real_tokens = computed_tokens = 0
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            self.computed_tokens += inputs["input_ids"].numel()
-            mask = inputs.get("attention_mask")
-            self.real_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            return super().training_step(model, inputs, *args, **kwargs)
-
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.ends, self.real, self.computed, self.losses = [], [], [], []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
-            self.real.append(trainer.real_tokens)
-            self.computed.append(trainer.computed_tokens)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(logs["loss"])
 
     dataset = Dataset.from_dict({
         "input_ids": [e["input_ids"] for e in examples],
         "assistant_masks": [[int(bit) for bit in e["loss_mask"]] for e in examples],
     })
     args = SFTConfig(**trl_config_kwargs(mode, settings, out_dir))
-    clock = StepClock()
-    trainer = CountingSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=[clock])
+    clock = shared.step_clock(lambda: (trainer.real_tokens, trainer.computed_tokens))
+    trainer = shared.token_counting(SFTTrainer)(model=model, args=args, train_dataset=dataset,
+                                                processing_class=tokenizer, callbacks=[clock])
     start = time.perf_counter()
     trainer.train()
-    return {"start": start, "step_ends": clock.ends, "step_real_tokens": _diffs(clock.real),
-            "step_computed_tokens": _diffs(clock.computed), "losses": clock.losses,
-            "config": json.loads(args.to_json_string()), "padding_free_effective": trainer.padding_free}
-
-
-def _diffs(cumulative: list[int]) -> list[int]:
-    return [b - a for a, b in zip([0] + cumulative[:-1], cumulative)]
+    return {"start": start, **clock.steps(), "config": json.loads(args.to_json_string()),
+            "padding_free_effective": trainer.padding_free}
 
 
 # ---------------------------------------------------------------- child: one trial
 
 
 def child(mode: str, work_dir: Path, settings: Settings, result_path: Path) -> None:
-    import torch
     import transformers
 
-    from posttrain.models.runtime import set_cpu_threads
-
-    if mode != "posttrain":
-        import datasets  # noqa: F401  (imported before the baseline, like posttrain's own imports)
-        import trl  # noqa: F401
-    set_cpu_threads(settings.threads)
-    baseline_kib = resident_kib("VmRSS")
+    baseline_kib = shared.start_child(mode, settings.threads)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(work_dir / "tokenizer"), local_files_only=True)
     with open(work_dir / "examples.jsonl") as f:
         examples = [json.loads(line) for line in f]
@@ -286,22 +226,19 @@ def child(mode: str, work_dir: Path, settings: Settings, result_path: Path) -> N
         run = run_posttrain(model, examples, settings)
     else:
         run = run_trl(mode, model, tokenizer, examples, settings, work_dir / f"trl_{mode}")
-    peak_kib = resident_kib("VmHWM")
+    peak_kib = shared.resident_kib("VmHWM")
     flops = matmul_flops()
     result = {**run, "mode": mode, "params": params, "baseline_kib": baseline_kib, "peak_kib": peak_kib,
-              "matmul_flops": flops, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "transformers": transformers.__version__}
+              "matmul_flops": flops, **shared.runtime_fields()}
     result.update(summarise_trial(result, settings))
     result_path.write_text(json.dumps(result))
 
 
 def summarise_trial(run: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """tokens/s over the steps after warmup, real and computed (padding included), and MFU_cpu."""
-    ends, real, computed = run["step_ends"], run["step_real_tokens"], run["step_computed_tokens"]
-    if len(ends) != settings.steps:
-        raise RuntimeError(f"{run['mode']}: {len(ends)} optimizer steps recorded, expected {settings.steps}")
+    real, computed = run["step_real_tokens"], run["step_computed_tokens"]
     w = settings.warmup
-    seconds = ends[-1] - ends[w - 1] if w else ends[-1] - run["start"]
+    seconds = shared.steady_seconds(run, settings.steps, w, "start")
     real_tps = sum(real[w:]) / seconds
     return {
         "timed_seconds": seconds,
@@ -317,30 +254,11 @@ def summarise_trial(run: dict[str, Any], settings: Settings) -> dict[str, Any]:
 # ---------------------------------------------------------------- driver
 
 
-def run_trial(mode: str, trial: int, work_dir: Path, settings: Settings, timeout: int) -> dict[str, Any]:
-    result_path = work_dir / f"result_{mode}_{trial}.json"
-    result_path.unlink(missing_ok=True)
-    env = {**os.environ, **CHILD_ENV, "OMP_NUM_THREADS": str(settings.threads)}
-    command = [sys.executable, __file__, "--child", mode, "--work-dir", str(work_dir),
-               "--settings", json.dumps(dataclasses.asdict(settings)), "--result", str(result_path)]
-    started = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} trial {trial} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result = json.loads(result_path.read_text())
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
-
-
 def print_trl_configs(work_dir: Path, settings: Settings) -> None:
     """The SFTConfig kwargs of each TRL mode (the full resolved config is in each trial's result JSON)."""
     for mode in MODES[1:]:
         kwargs = trl_config_kwargs(mode, settings, work_dir / f"trl_{mode}")
-        print(f"TRL {mode}: SFTConfig(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "output_dir") + ")")
-
-
-def median_of(results: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in results)
+        print(f"TRL {mode}: " + shared.config_call("SFTConfig", kwargs))
 
 
 def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -353,11 +271,12 @@ def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         tps = [r["tokens_per_s"] for r in results]
         row = {
             "tokens_per_s": statistics.median(tps), "min": min(tps), "max": max(tps),
-            "real_tokens_per_step": median_of(results, "real_tokens_per_step"),
-            "padding_share": median_of(results, "padding_share"),
-            "peak_above_baseline_mib": median_of(results, "peak_above_baseline_mib"),
+            "real_tokens_per_step": shared.median_of(results, "real_tokens_per_step"),
+            "padding_share": shared.median_of(results, "padding_share"),
+            "peak_above_baseline_mib": shared.median_of(results, "peak_above_baseline_mib"),
             "peak_mib": statistics.median(r["peak_kib"] / 1024 for r in results),
-            "mfu_cpu": median_of(results, "mfu_cpu"), "matmul_gflops": median_of(results, "matmul_flops") / 1e9,
+            "mfu_cpu": shared.median_of(results, "mfu_cpu"),
+            "matmul_gflops": shared.median_of(results, "matmul_flops") / 1e9,
             "final_loss": statistics.median(r["losses"][-1] for r in results), "trials": len(results),
         }
         summary[mode] = row
@@ -367,9 +286,8 @@ def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
               f"{row['peak_above_baseline_mib']:>10.0f}{row['peak_mib']:>9.0f}{100 * row['mfu_cpu']:>8.1f}%"
               f"{row['matmul_gflops']:>9.1f}{row['final_loss']:>10.3f}")
     print(f"{'GPU':<18}not measured (no GPU drawn)")
-    trl_modes = [m for m in summary if m != "posttrain"]
-    if "posttrain" in summary and trl_modes:
-        best = max(trl_modes, key=lambda m: summary[m]["tokens_per_s"])
+    best = shared.best_rival(summary, "tokens_per_s")
+    if best:
         speed = summary["posttrain"]["tokens_per_s"] / summary[best]["tokens_per_s"]
         memory = summary["posttrain"]["peak_above_baseline_mib"] / summary[best]["peak_above_baseline_mib"]
         # Trials of one round ran back to back, so their ratio is less exposed to load drift than the medians'.
@@ -384,64 +302,32 @@ def report(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    import torch
-    import transformers
-    import trl
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": os.getloadavg(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "python": sys.version.split()[0]}
-
-
 def drive(args: argparse.Namespace) -> None:
     settings = Settings(steps=args.steps, warmup=args.warmup, threads=args.threads)
     work_dir = Path(args.work_dir)
-    before = machine()
+    before = shared.machine(("torch", "transformers", "trl"))
     print(f"machine: {before}")
     data = prepare_data(settings, work_dir)
     print(f"data: {data}; packed rows per step: {settings.packed_accumulation} x {settings.max_length} tokens; "
           f"padded/padding-free: {settings.micro_batch_sequences} x {settings.accumulation} sequences")
     print_trl_configs(work_dir, settings)
-    modes = [m for m in MODES if m in args.modes]
-    by_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    for trial in range(args.trials):
-        for mode in modes[trial % len(modes):] + modes[: trial % len(modes)]:  # rotate the order each round
-            result = run_trial(mode, trial, work_dir, settings, args.trial_timeout)
-            by_mode[mode].append(result)
-            print(f"trial {trial} {mode:<18} {result['tokens_per_s']:8.0f} tokens/s  "
-                  f"peak +{result['peak_above_baseline_mib']:.0f} MiB  loss {result['losses'][-1]:.3f}  "
-                  f"load {os.getloadavg()[0]:.2f}  ({result['wall_seconds']:.0f} s)", flush=True)
+    env = shared.child_env(settings.threads)
+    by_mode = shared.run_rounds(
+        [m for m in MODES if m in args.modes], args.trials,
+        lambda mode, trial: shared.run_child_trial(__file__, mode, trial, work_dir, dataclasses.asdict(settings),
+                                                   env, args.trial_timeout),
+        lambda result: (f"{result['tokens_per_s']:8.0f} tokens/s  peak +{result['peak_above_baseline_mib']:.0f} MiB  "
+                        f"loss {result['losses'][-1]:.3f}"),
+        width=18)
     summary = report(by_mode)
-    after = os.getloadavg()
-    print(f"load average before {before['loadavg']}, after {after}")
-    out = {"machine": before, "loadavg_after": after, "settings": dataclasses.asdict(settings), "data": data,
-           "summary": summary, "trials": {m: [_trim(r) for r in rs] for m, rs in by_mode.items()}}
-    (work_dir / "results.json").write_text(json.dumps(out, indent=1))
-    print(f"results: {work_dir / 'results.json'}")
-
-
-def _trim(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in {"step_ends"}}
+    shared.write_results(work_dir, before, dataclasses.asdict(settings), data, summary, by_mode)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=3, help="trials per mode")
-    parser.add_argument("--steps", type=int, default=Settings.steps, help="optimizer steps per trial")
-    parser.add_argument("--warmup", type=int, default=Settings.warmup, help="first steps left out of the timing")
-    parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads in every trial")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR))
-    parser.add_argument("--trial-timeout", type=int, default=600, help="seconds before a trial is killed")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--settings", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, Path(args.work_dir), Settings(**json.loads(args.settings)), Path(args.result))
-    else:
-        drive(args)
+    parser = shared.trial_parser(__doc__.split("\n")[0], MODES, Settings, DEFAULT_WORK_DIR,
+                                 steps_help="optimizer steps per trial",
+                                 warmup_help="first steps left out of the timing")
+    shared.dispatch(parser.parse_args(), Settings, child, drive)
 
 
 if __name__ == "__main__":

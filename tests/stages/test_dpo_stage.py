@@ -21,17 +21,10 @@ def test_loss_names_match_the_registry():
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory) -> Path:
-    from posttrain.data.bpe import train_bytelevel_bpe
-    from posttrain.models.loading import random_init_causal_lm, save_causal_lm
-
-    corpus = ["user assistant system what is the sum of two and three answer five four six"] * 20
-    tokenizer = train_bytelevel_bpe(corpus, 300, "chatml", seed_words=["answer", "sum"])
-    model = random_init_causal_lm("llama", vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
-                                  num_kv_heads=2, intermediate_size=64, max_position_embeddings=256, seed=0)
-    out = tmp_path_factory.mktemp("chat") / "model"
-    save_causal_lm(model, tokenizer, out)
-    return out
+def chat_model(make_chat_model) -> Path:
+    # The pairs below are sums of number words: the tokenizer learns those words.
+    return make_chat_model("user assistant system what is the sum of two and three answer five four six",
+                           seed_words=("answer", "sum"), max_positions=256)
 
 
 def write_pairs(path: Path, n: int = 24) -> Path:

@@ -16,18 +16,6 @@ FAMILIES = ("math", "safety", "steerability")
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory) -> Path:
-    from posttrain.data.bpe import train_bytelevel_bpe
-    from posttrain.models.loading import random_init_causal_lm, save_causal_lm
-
-    corpus = ["user assistant system what is the sum answer has coins more how many refuse"] * 20
-    tokenizer = train_bytelevel_bpe(corpus, 300, "chatml", seed_words=["answer", "coins"])
-    model = random_init_causal_lm("llama", vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
-                                  num_kv_heads=2, intermediate_size=64, max_position_embeddings=512, seed=0)
-    return save_causal_lm(model, tokenizer, tmp_path_factory.mktemp("chat") / "model")
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """Graded pairs (reference vs corrupted, one an exact copy), scored samples and eval prompts."""
     from posttrain.tinyworld.world import FAMILIES as WORLD
