@@ -16,24 +16,31 @@ ROOT = Path(__file__).resolve().parents[2]
 PINNED_SFT_LOSS = 5.0124
 
 
-def _reduced_recipe(tmp_path: Path) -> Path:
-    """Every stage of the quickstart, on a few prompts and steps."""
-    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
-    stages = {s["id"]: s for s in recipe["stages"]}
-    stages["world"]["config"].update(sft_per_family=40, eval_per_family=6, train_prompts_per_family=3)
-    stages["sft"]["config"].update(epochs=1, max_steps=6, checkpoint_every=3, lr=2.0e-3, warmup_steps=20)
-    for stage in recipe["stages"]:
+def _stages(recipe: dict):
+    """Every stage of a recipe, those inside `rounds` blocks included."""
+    for entry in recipe["stages"]:
+        yield from entry["stages"] if "rounds" in entry else [entry]
+
+
+def _reduced_recipe(tmp_path: Path, name: str = "quickstart", train_prompts: int = 3, samples: int = 2) -> Path:
+    """Every stage of a shipped recipe, on a few prompts and steps (`train_prompts` per family sampled K = `samples`)."""
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+    for stage in _stages(recipe):
         config = stage.setdefault("config", {})
-        if stage["kind"] == "evaluate":
+        if stage["kind"] == "tinyworld_data":
+            config.update(sft_per_family=40, eval_per_family=6, train_prompts_per_family=train_prompts)
+        elif stage["id"] == "sft":
+            config.update(epochs=1, max_steps=6, checkpoint_every=3, lr=2.0e-3, warmup_steps=20)
+        elif stage["kind"] == "evaluate":
             config.update(max_new_tokens=48)
         elif stage["kind"] == "rejection_sampling":
-            config.update(samples=2, max_new_tokens=48)
-        elif stage["kind"] in ("sft", "dpo") and stage["id"] != "sft":
+            config.update(samples=samples, max_new_tokens=48)
+        elif stage["kind"] in ("sft", "dpo"):
             stage["config"] = {**config, "max_steps": 2, "checkpoint_every": 0}
-        for name, ref in stage.get("inputs", {}).items():
+        for key, ref in stage.get("inputs", {}).items():
             if isinstance(ref, str) and ref.startswith("path:"):
-                stage["inputs"][name] = "path:" + str(ROOT / ref[len("path:"):])
-    path = tmp_path / "quickstart-reduced.yaml"
+                stage["inputs"][key] = "path:" + str(ROOT / ref[len("path:"):])
+    path = tmp_path / f"{name}-reduced.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -69,3 +76,21 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
     after = {p.parent.name: json.loads(p.read_text())["finished"] for p in run_dir.glob("*/manifest.json")}
     assert after == before
 
+
+
+@pytest.mark.integration
+def test_nemotron_style_recipe_runs_dpo_then_three_rpo_rounds(tmp_path):
+    # Enough samples that every round finds pairs even from a 6-step SFT model.
+    recipe = _reduced_recipe(tmp_path, "nemotron-style", train_prompts=8, samples=4)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0
+    manifests = {str(p.parent.relative_to(run_dir)): json.loads(p.read_text()) for p in run_dir.glob("**/manifest.json")}
+    assert manifests["dpo"]["metrics"]["loss"] == "dpo_nll"
+    for k in (1, 2, 3):
+        rpo = manifests[f"round-{k}/rpo"]
+        assert rpo["metrics"]["loss"] == "rpo_bwd_kl" and rpo["counts"]["steps"] >= 1
+        # Each round starts from, and references, the previous round's model (round 1: the DPO model).
+        previous = "dpo" if k == 1 else f"round-{k - 1}/rpo"
+        assert {b["path"] for b in rpo["inputs"]["model"]} == {str(run_dir / previous)}
+        assert {b["path"] for b in rpo["inputs"]["reference"]} == {str(run_dir / previous)}
+        assert manifests[f"round-{k}/eval"]["metrics"]["scores"]["overall"]["n"] == 36
