@@ -412,8 +412,7 @@ def run_preference(
     )
     fit = trainer.fit(plan)
     outputs = save_final_model(trainer, tokenizer, out_dir, eos_token_ids)
-    return {"steps": fit["steps"], "skipped_steps": fit["skipped_steps"], "final_loss": fit["final_loss"],
-            "losses": fit["losses"], "seconds": fit["seconds"], "outputs": outputs}
+    return {**fit, "outputs": outputs}
 
 
 def autocast_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -305,11 +305,7 @@ def run_reward_training(
     fit = trainer.fit(plan)
     outputs = save_trained_reward_model(trainer, tokenizer, out_dir)
     return {
-        "steps": fit["steps"],
-        "skipped_steps": fit["skipped_steps"],
-        "final_loss": fit["final_loss"],
-        "losses": fit["losses"],
-        "seconds": fit["seconds"],
+        **fit,  # steps, skipped_steps, final_loss, losses, seconds
         "groups": len(groups),
         "pairs": sum(len(g.pairs) for g in groups),
         "outputs": outputs,

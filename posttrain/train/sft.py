@@ -164,11 +164,7 @@ def run_sft(
     fit = trainer.fit(plan)
     outputs = save_final_model(trainer, tokenizer, out_dir, eos_token_ids)
     return {
-        "steps": fit["steps"],
-        "skipped_steps": fit["skipped_steps"],
-        "final_loss": fit["final_loss"],
-        "losses": fit["losses"],
-        "seconds": fit["seconds"],
+        **fit,  # steps, skipped_steps, final_loss, losses, seconds
         "examples": {source: len(examples) for source, examples in data.examples.items()},
         "dropped": data.dropped,
         "outputs": outputs,
