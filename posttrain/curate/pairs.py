@@ -124,6 +124,33 @@ def build_pairs(completions: list[Completion], options: PairOptions, on_drop: On
                 yield pair
 
 
+def balance_tags(pairs: list[PreferencePair], tags: list[str], seed: int, on_drop: OnDrop) -> list[PreferencePair]:
+    """Within a family, cap the pairs of each of `tags` at the count of the rarest of them.
+
+    Llama 3 balances adversarial and borderline safety prompts so that preference data teaches both
+    refusing and not over-refusing: with `tags = [unsafe, safe_lookalike]`, a family holding 20
+    look-alike pairs and 5 unsafe ones keeps 5 of each (a seeded random choice, input order kept).
+    Families whose prompts carry none of `tags` are left alone.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, pair in enumerate(pairs):
+        for tag in (t for t in tags if t in (pair.prompt.tags or [])):
+            groups.setdefault((pair.prompt.family or "", tag), []).append(index)
+            break
+    dropped: set[int] = set()
+    for family in {family for family, _ in groups}:
+        cap = min(len(groups.get((family, tag), [])) for tag in tags)
+        for tag in tags:
+            members = groups.get((family, tag), [])
+            keep = set(random.Random(f"{seed}:balance:{family}:{tag}").sample(members, cap))
+            for index in members:
+                if index not in keep:
+                    dropped.add(index)
+                    on_drop("balanced", f"family {family!r}: tag {tag!r} capped at {cap} pairs",
+                            {"pair": pairs[index].id})
+    return [pair for index, pair in enumerate(pairs) if index not in dropped]
+
+
 def _filtered_pair(completion: Completion, chosen: tuple[Response, float], rejected: tuple[Response, float],
                    options: PairOptions, on_drop: OnDrop) -> PreferencePair | None:
     """The pair, or None after `on_drop` when its gap is too small or its responses near-identical."""

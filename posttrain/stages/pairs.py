@@ -22,18 +22,19 @@ class PairsConfig(StageConfig):
     max_similarity: float = Field(0.9, ge=0.0, le=1.0, description="drop pairs whose two answers have ROUGE-L F above this")
     strength_gaps: tuple[float, float, float] = Field(
         (0.75, 0.5, 0.25), description="smallest gaps for significantly better / better / slightly better; below: negligibly better")
+    balance_tags: list[str] = Field(default_factory=list, description="within a family, cap each of these prompt tags' pairs at the rarest one's count (e.g. [unsafe, safe_lookalike])")
     completion_files: list[str] = Field(["completions.jsonl"], description="file names looked up in completion artifacts")
 
 
 class Pairs(Stage):
     kind = "pairs"
-    version = 1
+    version = 2
     Config = PairsConfig
     inputs = {"completions": True}
     description = "Build preference pairs from scored completions (strategy, ROUGE-L and gap filters, strength)."
 
     def run(self, config: PairsConfig, ctx: StageContext) -> StageResult:
-        from posttrain.curate.pairs import PairOptions, build_pairs
+        from posttrain.curate.pairs import PairOptions, balance_tags, build_pairs
         from posttrain.data.io import load_records, write_records
         from posttrain.data.records import Completion
         from posttrain.stages.artifacts import find_data_file
@@ -42,10 +43,13 @@ class Pairs(Stage):
         completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
         options = PairOptions(strategy=config.strategy, rank_by=config.rank_by, min_gap=config.min_gap,
                               max_similarity=config.max_similarity, strength_gaps=config.strength_gaps, seed=ctx.seed)
+        on_drop = lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)  # noqa: E731
         pairs = []
-        for pair in build_pairs(completions, options, lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)):
+        for pair in build_pairs(completions, options, on_drop):
             pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
             pairs.append(pair)
+        if config.balance_tags:
+            pairs = balance_tags(pairs, config.balance_tags, ctx.seed, on_drop)
         write_records(ctx.out_dir / "pairs.jsonl", pairs)
         strengths = Counter(p.strength for p in pairs)
         families = Counter(p.prompt.family or "unknown" for p in pairs)

@@ -85,3 +85,26 @@ def test_strength_levels(gap, level):
 def test_unknown_strategy_is_an_error():
     with pytest.raises(ValueError, match="unknown pair strategy"):
         run([completion([1.0, 0.0, 0.0, 0.0])], strategy="best")
+
+
+def test_balance_tags_caps_each_tag_at_the_rarest_within_a_family():
+    from posttrain.curate.pairs import balance_tags
+
+    def safety(tag, n):
+        prompt = Prompt(messages=[Message(role="user", content=f"{tag} question {n}")], family="safety", tags=[tag, "x"])
+        return completion([1.0, 0.0], prompt=prompt)
+
+    completions = [safety("safe_lookalike", n) for n in range(5)] + [safety("unsafe", n) for n in range(2)]
+    completions.append(completion([1.0, 0.0]))  # math: no balanced tag, untouched
+    pairs, _ = run(completions)
+    drops = []
+    kept = balance_tags(pairs, ["unsafe", "safe_lookalike"], seed=0, on_drop=lambda r, d, row: drops.append((r, d)))
+    tags = [p.prompt.tags[0] if p.prompt.family == "safety" else p.prompt.family for p in kept]
+    assert sorted(tags) == ["math", "safe_lookalike", "safe_lookalike", "unsafe", "unsafe"]
+    assert len(drops) == 3 and all(r == "balanced" and "capped at 2" in d for r, d in drops)
+    assert [p.id for p in kept] == [p.id for p in pairs if p in kept]  # input order kept
+    again = balance_tags(pairs, ["unsafe", "safe_lookalike"], seed=0, on_drop=lambda *a: None)
+    assert [p.id for p in again] == [p.id for p in kept]  # seeded
+    # A tag with no pairs caps the others at zero: no one-sided safety data.
+    only_lookalikes = [p for p in pairs if p.prompt.tags and p.prompt.tags[0] == "safe_lookalike"]
+    assert balance_tags(only_lookalikes, ["unsafe", "safe_lookalike"], seed=0, on_drop=lambda *a: None) == []
