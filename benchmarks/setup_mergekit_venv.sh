@@ -16,29 +16,9 @@ PY="$VENV/bin/python"
 
 # benchmarks/merge.py reads each trial's peak memory from GNU time
 test -x /usr/bin/time || { apt-get update -qq && apt-get install -y -qq time; }
-test -x "$PY" || python3 -m venv "$VENV"
-"$PY" -m pip install -q --upgrade pip
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_PIN"
-TORCH_BEFORE="$("$PY" -c 'import torch; print(torch.__version__)')"
-
-report="$(mktemp)"
-"$PY" -m pip install -q --dry-run --report "$report" "$MERGEKIT_PIN"
-if ! "$PY" - "$report" <<'PYEOF'
-import json, sys
-names = [item["metadata"]["name"].lower() for item in json.load(open(sys.argv[1]))["install"]]
-sys.exit(1 if [n for n in names if n in ("torch", "triton") or n.startswith("nvidia-")] else 0)
-PYEOF
-then
-  echo "refusing: installing $MERGEKIT_PIN would replace torch or pull CUDA packages (see $report)" >&2
-  exit 1
-fi
-rm -f "$report"
-"$PY" -m pip install -q "$MERGEKIT_PIN"
-
-TORCH_AFTER="$("$PY" -c 'import torch; print(torch.__version__)')"
-if [ "$TORCH_BEFORE" != "$TORCH_AFTER" ]; then
-  echo "torch changed from $TORCH_BEFORE to $TORCH_AFTER" >&2
-  exit 1
-fi
+source "$ROOT/benchmarks/_venv.sh"
+venv_with_torch "$VENV"
+install_keeping_torch "$MERGEKIT_PIN"
+torch_unchanged
 "$VENV/bin/mergekit-yaml" --help >/dev/null
 "$PY" -c "import importlib.metadata as m, torch; print('mergekit venv ready: mergekit', m.version('mergekit'), 'torch', torch.__version__)"

@@ -132,22 +132,19 @@ def balance_tags(pairs: list[PreferencePair], tags: list[str], seed: int, on_dro
     look-alike pairs and 5 unsafe ones keeps 5 of each (a seeded random choice, input order kept).
     Families whose prompts carry none of `tags` are left alone.
     """
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[str, dict[str, list[int]]] = {}  # family -> tag -> pair indices
     for index, pair in enumerate(pairs):
-        for tag in (t for t in tags if t in (pair.prompt.tags or [])):
-            groups.setdefault((pair.prompt.family or "", tag), []).append(index)
-            break
+        tag = next((t for t in tags if t in (pair.prompt.tags or [])), None)
+        if tag is not None:
+            groups.setdefault(pair.prompt.family or "", {t: [] for t in tags})[tag].append(index)
     dropped: set[int] = set()
-    for family in {family for family, _ in groups}:
-        cap = min(len(groups.get((family, tag), [])) for tag in tags)
-        for tag in tags:
-            members = groups.get((family, tag), [])
+    for family, by_tag in groups.items():
+        cap = min(len(members) for members in by_tag.values())
+        for tag, members in by_tag.items():
             keep = set(random.Random(f"{seed}:balance:{family}:{tag}").sample(members, cap))
-            for index in members:
-                if index not in keep:
-                    dropped.add(index)
-                    on_drop("balanced", f"family {family!r}: tag {tag!r} capped at {cap} pairs",
-                            {"pair": pairs[index].id})
+            for index in (i for i in members if i not in keep):
+                dropped.add(index)
+                on_drop("balanced", f"family {family!r}: tag {tag!r} capped at {cap} pairs", {"pair": pairs[index].id})
     return [pair for index, pair in enumerate(pairs) if index not in dropped]
 
 

@@ -310,3 +310,16 @@ class PreferencePair(Record):
 RECORD_KINDS: dict[str, type[Record]] = {
     cls.kind: cls for cls in (Conversation, Prompt, Completion, PreferencePair)
 }
+
+
+def first_per_family(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
+    """The first `limit` prompts of each family, in input order; all of them when `limit` is None."""
+    if limit is None:
+        return prompts
+    seen: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        seen[prompt.family or ""] = seen.get(prompt.family or "", 0) + 1
+        if seen[prompt.family or ""] <= limit:
+            kept.append(prompt)
+    return kept

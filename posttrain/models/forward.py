@@ -53,8 +53,9 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return unwrap_model(model).get_decoder()
 
 
-def _last_hidden_state(model: nn.Module, device: torch.device, **inputs) -> torch.Tensor:
-    """Run the full model's forward, keeping only the final (post-norm) hidden state."""
+def last_hidden_state(model: nn.Module, device: torch.device, **inputs) -> torch.Tensor:
+    """The final (post-norm) hidden states of the full model's forward, with no LM-head work: for packed rows
+    pass `position_ids` restarting per sequence and no attention mask (see `packed_hidden_states`)."""
     outputs = model(
         **inputs,
         use_cache=False,
@@ -73,7 +74,7 @@ def packed_hidden_states(
         raise ValueError(f"a packed batch is one row, got input_ids of shape {tuple(batch.input_ids.shape)}")
     tokens = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
     # No attention_mask on purpose: a mask (even all ones) disables transformers' packed-sequence masking.
-    return _last_hidden_state(model, batch.input_ids.device, **tokens, position_ids=batch.position_ids)
+    return last_hidden_state(model, batch.input_ids.device, **tokens, position_ids=batch.position_ids)
 
 
 def padded_hidden_states(
@@ -81,4 +82,4 @@ def padded_hidden_states(
 ) -> torch.Tensor:
     """Final hidden states (B, T, H) of a right-padded batch; padded positions hold garbage."""
     tokens = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
-    return _last_hidden_state(model, batch.input_ids.device, **tokens, attention_mask=batch.attention_mask)
+    return last_hidden_state(model, batch.input_ids.device, **tokens, attention_mask=batch.attention_mask)

@@ -146,15 +146,16 @@ def _merge_sections(views: list[StageView]) -> str:
     evaluated = {}  # resolved model path -> (eval label, scores)
     for view in views:
         scores = view.manifest.get("metrics", {}).get("scores")
-        for bound in view.manifest.get("inputs", {}).get("model", []) if isinstance(scores, dict) else []:
-            evaluated[_model_path(bound)] = (view.label, scores)
+        if isinstance(scores, dict):
+            evaluated.update({_model_path(b): (view.label, scores) for b in view.manifest.get("inputs", {}).get("model", [])})
     out = []
     for view in views:
-        if view.manifest.get("kind") != "merge" or str(view.path.resolve()) not in evaluated:
+        merged = str(view.path.resolve())
+        if view.manifest.get("kind") != "merge" or merged not in evaluated:
             continue
         members = [_model_path(b) for b in view.manifest.get("inputs", {}).get("models", [])]
         rows = [(Path(m).name, *evaluated[m]) for m in members if m in evaluated]
-        rows.append((f"{view.label} (merged)", *evaluated[str(view.path.resolve())]))
+        rows.append((f"{view.label} (merged)", *evaluated[merged]))
         families = sorted({f for _, _, scores in rows for f in scores if isinstance(scores[f], dict)})
         head = "".join(f"<th>{escape(f)}</th>" for f in families)
         body = "".join(

@@ -172,7 +172,8 @@ def attach_reference(ctx: StageContext, config: DPOStageConfig, policy_model, po
     from posttrain.models.loading import load_causal_lm
     from posttrain.stages.artifacts import model_dir
     from posttrain.train.distributed import init_distributed
-    from posttrain.train.preference import autocast_dtype_for, cached_reference_logps, reference_logps
+    from posttrain.train.engine import autocast_dtype
+    from posttrain.train.preference import cached_reference_logps, reference_logps
 
     if reference_free:
         for pair in pairs:
@@ -187,7 +188,7 @@ def attach_reference(ctx: StageContext, config: DPOStageConfig, policy_model, po
         model = load_causal_lm(reference_dir)[0] if separate else policy_model
         model.to(dist.device)
         logps = reference_logps(model, pairs, config.reference_batch_tokens, config.logprob_chunk_size, dist.device,
-                                autocast_dtype_for(config, dist.device))
+                                autocast_dtype(config, dist.device))
         if separate:
             del model
             gc.collect()

@@ -18,18 +18,6 @@ class EvaluateConfig(StageConfig):
                                    description="prompt tags scored separately (safety: under- vs over-refusal)")
 
 
-def _limit_per_family(prompts, limit):
-    if limit is None:
-        return prompts
-    seen: dict[str, int] = {}
-    kept = []
-    for p in prompts:
-        seen[p.family or ""] = seen.get(p.family or "", 0) + 1
-        if seen[p.family or ""] <= limit:
-            kept.append(p)
-    return kept
-
-
 class Evaluate(Stage):
     kind = "evaluate"
     version = 1
@@ -40,7 +28,7 @@ class Evaluate(Stage):
     def run(self, config: EvaluateConfig, ctx: StageContext) -> StageResult:
         from posttrain.data.chat_templates import detect_template, end_of_turn_ids
         from posttrain.data.io import load_records, write_records
-        from posttrain.data.records import Prompt
+        from posttrain.data.records import Prompt, first_per_family
         from posttrain.evaluate.run import evaluate_prompts
         from posttrain.generate.base import SamplingParams
         from posttrain.generate.hf import HFGenerator
@@ -55,7 +43,7 @@ class Evaluate(Stage):
         template = detect_template(tokenizer)
         prompts = load_records([data_file(p, "eval.jsonl") for p in ctx.inputs_of("prompts")], Prompt,
                                ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
-        prompts = _limit_per_family(prompts, config.max_prompts_per_family)
+        prompts = first_per_family(prompts, config.max_prompts_per_family)
         generator = HFGenerator(model, tokenizer, batch_size=config.batch_size,
                                 eos_token_ids=end_of_turn_ids(tokenizer, template), model_name=str(path))
         result = evaluate_prompts(generator, tokenizer, prompts, TinyWorldGrader(), template=template,

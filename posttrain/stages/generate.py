@@ -60,20 +60,12 @@ class Member:
 def load_prompts(ctx: StageContext, config: SamplingConfig) -> list:
     """The prompts of every `prompts` input (quarantine for bad rows), limited per family if asked."""
     from posttrain.data.io import load_records
-    from posttrain.data.records import Prompt
+    from posttrain.data.records import Prompt, first_per_family
     from posttrain.stages.artifacts import find_data_file
 
     files = [find_data_file(p, config.prompt_files) for p in ctx.inputs_of("prompts")]
     prompts = load_records(files, Prompt, ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
-    if config.max_prompts_per_family is None:
-        return prompts
-    seen: dict[str, int] = {}
-    kept = []
-    for prompt in prompts:
-        seen[prompt.family or ""] = seen.get(prompt.family or "", 0) + 1
-        if seen[prompt.family or ""] <= config.max_prompts_per_family:
-            kept.append(prompt)
-    return kept
+    return first_per_family(prompts, config.max_prompts_per_family)
 
 
 def tool_hook_for(config: SamplingConfig):

@@ -31,30 +31,23 @@ class PrepareData(Stage):
     def run(self, config: PrepareDataConfig, ctx: StageContext) -> StageResult:
         from posttrain.data.chat_templates import detect_template
         from posttrain.data.io import RecordReader, write_records
-        from posttrain.data.lengths import TOO_LONG, LengthPolicy, fit_sequence
+        from posttrain.data.lengths import LengthPolicy
         from posttrain.data.packing import pack_best_fit_decreasing
         from posttrain.data.records import Conversation
-        from posttrain.data.tokenize import tokenize_conversation
         from posttrain.models.loading import load_tokenizer
         from posttrain.stages.artifacts import find_data_file, model_dir
+        from posttrain.stages.conversations import fitted_conversations
 
         tokenizer = load_tokenizer(model_dir(ctx.input("tokenizer")))
         template = detect_template(tokenizer)
         policy = LengthPolicy(max_tokens=config.max_tokens, on_overflow=config.on_overflow)
         reader = RecordReader(Conversation, ctx.quarantine)
+        files = [find_data_file(path, config.data_files) for path in ctx.inputs_of("conversations")]
         kept, lengths, loss_tokens = [], [], 0
-        for path in ctx.inputs_of("conversations"):
-            for conv in reader.iter(find_data_file(path, config.data_files)):
-                chat = tokenize_conversation(tokenizer, conv.messages, conv.tools, template)
-                fitted = fit_sequence(chat.input_ids, [int(m) for m in chat.assistant_mask], policy)
-                if fitted is None:
-                    ctx.dropped.add(TOO_LONG, file=str(path), row={"id": conv.id},
-                                    detail=f"{len(chat.input_ids)} tokens > {config.max_tokens}")
-                    continue
-                kept.append(conv)
-                lengths.append(len(fitted[0]))
-                loss_tokens += sum(fitted[1])
-        reader.stats.check_share(ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+        for conv, ids, mask in fitted_conversations(ctx, reader, files, tokenizer, template, policy):
+            kept.append(conv)
+            lengths.append(len(ids))
+            loss_tokens += sum(mask)
         write_records(ctx.out_dir / "data.jsonl", kept)
         rows = pack_best_fit_decreasing(lengths, config.pack_tokens) if lengths else []
         fill = sum(lengths) / (len(rows) * config.pack_tokens) if rows else 0.0

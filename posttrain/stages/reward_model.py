@@ -212,21 +212,11 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
     return fitting, counts
 
 
-def _first_per_family(prompts, limit: int):
-    seen: dict[str, int] = {}
-    kept = []
-    for prompt in prompts:
-        seen[prompt.family or ""] = seen.get(prompt.family or "", 0) + 1
-        if seen[prompt.family or ""] <= limit:
-            kept.append(prompt)
-    return kept
-
-
 def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
     """Sample from the policy on held-out prompts; accuracy and best-of-N of the saved reward model."""
     from posttrain.data.chat_templates import detect_template, end_of_turn_ids
     from posttrain.data.io import load_records, write_records
-    from posttrain.data.records import Completion, Prompt, Response
+    from posttrain.data.records import Completion, Prompt, Response, first_per_family
     from posttrain.evaluate.reward import evaluate_reward_model, sample_responses
     from posttrain.generate.base import SamplingParams
     from posttrain.generate.chat import generate_chat
@@ -239,7 +229,7 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
     ev = config.eval
     prompts = load_records([data_file(p, "eval.jsonl") for p in ctx.inputs_of("prompts")], Prompt,
                            ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
-    prompts = _first_per_family(prompts, ev.prompts_per_family)
+    prompts = first_per_family(prompts, ev.prompts_per_family)
     policy, tokenizer = load_causal_lm(model_dir(ctx.input("policy")))
     template = detect_template(tokenizer)
     generator = HFGenerator(policy, tokenizer, batch_size=ev.batch_size, eos_token_ids=end_of_turn_ids(tokenizer, template))

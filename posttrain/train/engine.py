@@ -123,7 +123,8 @@ def count_tokens(batch: Any) -> int:
     return 0
 
 
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The compute dtype training uses on `device` (None = float32); reference passes must score in it too."""
     if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -154,7 +155,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.model = prepare_model(model, config).to(self.ctx.device)  # unwrapped (maybe peft) model
         self.parallel = choose_parallel(config.parallel, self.ctx)
-        loss_module = _LossModule(self.model, loss_fn, _autocast_dtype(config, self.ctx.device), self.ctx.device.type)
+        loss_module = _LossModule(self.model, loss_fn, autocast_dtype(config, self.ctx.device), self.ctx.device.type)
         self.module = wrap_for_training(loss_module, self.model, self.parallel, self.ctx)
         self.optimizer = build_optimizer(self.module, config)
         self.scheduler = build_scheduler(self.optimizer, config, total_steps)

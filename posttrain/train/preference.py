@@ -25,12 +25,12 @@ from posttrain.data.lengths import TOO_LONG, LengthPolicy, apply_length_policy
 from posttrain.data.packing import PackedBatch, collate_packed, pack_best_fit_decreasing
 from posttrain.data.tokenize import tokenize_conversation
 from posttrain.losses.preference import PairLogps, preference_metrics
-from posttrain.models.forward import _last_hidden_state, lm_head_of
+from posttrain.models.forward import last_hidden_state, lm_head_of
 from posttrain.models.logprobs import sequence_logprobs, shifted_targets, token_logprobs
 from posttrain.models.runtime import eval_mode
 from posttrain.train.config import TrainConfig
 from posttrain.train.distributed import DistContext, barrier, init_distributed, shard_for_rank
-from posttrain.train.engine import LossFn, LossOutput, Trainer, _autocast_dtype, plan_total_steps
+from posttrain.train.engine import LossFn, LossOutput, Trainer, plan_total_steps
 from posttrain.train.mixture import mixture_rng
 from posttrain.train.sft import save_final_model
 from posttrain.train.step_log import LogFn
@@ -185,7 +185,7 @@ class PackedRows:
     def sequence_logprobs(self, model: torch.nn.Module, chunk_size: int) -> torch.Tensor:
         """Summed log-probs of every sequence's loss tokens, (n_seq,) float32, in the caller's order."""
         input_ids, position_ids, targets, loss_mask = self.stacked()
-        hidden = _last_hidden_state(model, input_ids.device, input_ids=input_ids, position_ids=position_ids)
+        hidden = last_hidden_state(model, input_ids.device, input_ids=input_ids, position_ids=position_ids)
         picked = token_logprobs(hidden[loss_mask], lm_head_of(model), targets[loss_mask], chunk_size)  # (N,)
         token_lp = torch.zeros(loss_mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(loss_mask, picked)
         per_row = [sequence_logprobs(token_lp[r, : row.input_ids.shape[1]], loss_mask[r, : row.input_ids.shape[1]],
@@ -413,8 +413,3 @@ def run_preference(
     fit = trainer.fit(plan)
     outputs = save_final_model(trainer, tokenizer, out_dir, eos_token_ids)
     return {**fit, "outputs": outputs}
-
-
-def autocast_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The compute dtype training will use on `device`: the reference pass must score in the same one."""
-    return _autocast_dtype(config, device)
