@@ -114,7 +114,7 @@ class RewardModelConfig(TrainConfig):
 
 class RewardModel(Stage):
     kind = "reward_model"
-    version = 1
+    version = 2
     Config = RewardModelConfig
     inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False}
     description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
@@ -206,8 +206,11 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
         if max(len(s) for s in group.sequences) > config.max_tokens or group.num_tokens > config.micro_batch_tokens:
             ctx.dropped.add(TOO_LONG, detail=f"{longest} tokens per response, {group.num_tokens} per group",
                             row={"id": group.id})
-        elif group.pairs or any(s == s for s in group.scores):  # something to learn: a pair or a score
-            fitting.append(group)
+        elif group.pairs or (config.pointwise_alpha > 0 and any(s == s for s in group.scores)):
+            fitting.append(group)  # something to learn: a pair, or a score the pointwise term uses
+        else:
+            ctx.dropped.add("nothing_to_learn", detail="no pair of different scores and pointwise_alpha = 0",
+                            row={"id": group.id})
     counts = {"input_pairs": len(pairs), "input_scored": len(completions), "kept_pairs": len(kept)}
     return fitting, counts
 

@@ -76,6 +76,22 @@ def test_reward_model_stage_trains_filters_and_evaluates(tmp_path, chat_model, w
     assert hf.config.num_labels == 1
 
 
+def test_groups_without_a_pair_train_only_under_the_pointwise_term(tmp_path, chat_model, world):
+    """A prompt whose samples all tie teaches nothing unless the pointwise term uses its scores."""
+    mixed = Completion.model_validate_json((world / "completions.jsonl").read_text().splitlines()[0])
+    tied = mixed.model_copy(update={"id": "tied", "responses": [r.model_copy(update={"score": 1.0})
+                                                                for r in mixed.responses]})
+    write_records(tmp_path / "completions.jsonl", [mixed, tied])
+    for alpha, groups in ((0.0, 1), (0.1, 2)):
+        out = tmp_path / f"rm-{alpha}"
+        assert main(["reward-model", "--input", f"model={chat_model}", "--input",
+                     f"scored={tmp_path / 'completions.jsonl'}", "--set", f"pointwise_alpha={alpha}",
+                     "--set", "micro_batch_tokens=768", "--out", str(out)]) == 0
+        counts = manifest(out)["counts"]
+        assert counts["groups"] == groups
+        assert counts["dropped_by_reason"].get("nothing_to_learn", 0) == 2 - groups
+
+
 def test_reward_model_stage_needs_data(tmp_path, chat_model):
     code = main(["reward-model", "--input", f"model={chat_model}", "--out", str(tmp_path / "rm")])
     assert code != 0 and "no pairs or scored rows" in manifest(tmp_path / "rm")["error"]
