@@ -35,6 +35,10 @@ def _reduced_recipe(tmp_path: Path, name: str = "quickstart", train_prompts: int
             config.update(max_new_tokens=48)
         elif stage["kind"] == "rejection_sampling":
             config.update(samples=samples, max_new_tokens=48)
+        elif stage["kind"] == "reward_model":
+            config.update(epochs=1, max_steps=2)
+            if "eval" in config:
+                config["eval"].update(prompts_per_family=1, samples=4, ns=[1, 2, 4], max_new_tokens=16)
         elif stage["kind"] in ("sft", "dpo"):
             stage["config"] = {**config, "max_steps": 2, "checkpoint_every": 0}
         for key, ref in stage.get("inputs", {}).items():

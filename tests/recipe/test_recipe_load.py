@@ -146,3 +146,10 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(bad)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # `path:` inputs are relative to the repository root
+    assert load_recipe(path).stages

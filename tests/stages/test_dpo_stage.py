@@ -10,7 +10,6 @@ from posttrain.cli import main
 from posttrain.data.records import Message, PreferencePair, Prompt
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_loss_names_match_the_registry():
@@ -136,11 +135,3 @@ def test_config_errors_fail_at_load_time(tmp_path, chat_model):
     assert main(base + ["--set", "loss=kto"]) == 2
     assert main(base + ["--set", "accumulation=4"]) == 2
     assert main(base + ["--set", "max_tokens=600", "--set", "micro_batch_tokens=1024"]) == 2
-
-
-def test_recipes_load(monkeypatch):
-    from posttrain.recipe.load import load_recipe
-
-    monkeypatch.chdir(ROOT)
-    for name in ("nemotron-style.yaml", "dpo-example.yaml"):
-        load_recipe(ROOT / "recipes" / name)
