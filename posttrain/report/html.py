@@ -137,6 +137,28 @@ def _scores_section(views: list[StageView]) -> str:
     return f"<section><h2>scores (95% intervals)</h2>{table}{chart}</section>"
 
 
+def _paired_section(views: list[StageView]) -> str:
+    """Per evaluation that named a baseline: the paired per-prompt score difference against it, per family."""
+    paired = {view.label: view.manifest["metrics"]["paired"] for view in views
+              if isinstance(view.manifest.get("metrics", {}).get("paired"), dict)}
+    if not paired:
+        return ""
+    families = sorted({f for entry in paired.values() for f in entry.get("families", {})})
+    head = "".join(f"<th>{escape(f)}</th>" for f in families)
+
+    def cell(d: dict[str, Any] | None) -> str:
+        if d is None:
+            return "<td>-</td>"
+        return escape(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['better']}+/{d['worse']}-").join(
+            ("<td>", "</td>"))
+
+    body = "".join(f"<tr><th>{escape(label)}</th><td>{escape(str(entry.get('baseline', '?')))}</td>"
+                   + "".join(cell(entry.get("families", {}).get(f)) for f in families) + "</tr>"
+                   for label, entry in paired.items())
+    return ("<section><h2>paired differences (same prompts; mean, 95% interval, prompts better+/worse-)</h2>"
+            f"<table><tr><th>evaluation</th><th>minus</th>{head}</tr>{body}</table></section>")
+
+
 def _model_path(bound: dict[str, Any]) -> str:
     return str(Path(str(bound.get("path", ""))).resolve())
 
@@ -193,6 +215,7 @@ def render_report(run_dir: str | Path) -> Path:
         f"<h1>posttrain run: {escape(str(name))}</h1><p>{escape(str(run_dir.resolve()))} (report written {generated})</p>",
         _overview(views),
         _scores_section(views),
+        _paired_section(views),
         _merge_sections(views),
         *(_stage_section(view, rows) for view in views),
         f"<section><h2>recipe (resolved)</h2><pre>{escape(recipe_text)}</pre></section>",

@@ -22,8 +22,9 @@ class Evaluate(Stage):
     kind = "evaluate"
     version = 1
     Config = EvaluateConfig
-    inputs = {"model": True, "prompts": True}
-    description = "Evaluate a model on held-out prompts; per-family scores with Wilson intervals and failures."
+    inputs = {"model": True, "prompts": True, "baseline": False}
+    description = ("Evaluate a model on held-out prompts; per-family scores with Wilson intervals and failures; "
+                   "with a `baseline` evaluation, the paired per-prompt difference against it.")
 
     def run(self, config: EvaluateConfig, ctx: StageContext) -> StageResult:
         from posttrain.data.chat_templates import detect_template, end_of_turn_ids
@@ -52,10 +53,28 @@ class Evaluate(Stage):
         write_records(ctx.out_dir / "completions.jsonl", result.completions)
         scores = {name: s.as_dict() for name, s in result.scores.items()}
         ctx.log_metrics({f"score/{name}": s["score"] for name, s in scores.items()})
-        return StageResult(
-            counts={"input_rows": len(prompts), "evaluated": len(result.completions)},
-            metrics={"scores": scores, "tag_rates": {k: v.as_dict() for k, v in result.tag_rates.items()
-                                   if k.split("/", 1)[-1] in config.report_tags},
-                     "examples": result.failures, "model": str(path)},
-            outputs={"completions": "completions.jsonl"},
-        )
+        metrics = {"scores": scores, "tag_rates": {k: v.as_dict() for k, v in result.tag_rates.items()
+                                                   if k.split("/", 1)[-1] in config.report_tags},
+                   "examples": result.failures, "model": str(path)}
+        if ctx.inputs.get("baseline"):
+            metrics["paired"] = _paired(result.completions, ctx)
+        return StageResult(counts={"input_rows": len(prompts), "evaluated": len(result.completions)},
+                           metrics=metrics, outputs={"completions": "completions.jsonl"})
+
+
+def _greedy_scores(completions) -> dict[str, tuple[str, float]]:
+    """prompt id -> (family, score of the one greedy answer)."""
+    return {c.prompt.id: (c.prompt.family or "unknown", c.responses[0].score) for c in completions}
+
+
+def _paired(completions, ctx: StageContext) -> dict:
+    """The paired difference of these answers' scores against the `baseline` evaluation's."""
+    from posttrain.data.io import load_records
+    from posttrain.data.records import Completion
+    from posttrain.evaluate.paired import paired_difference
+    from posttrain.stages.artifacts import data_file
+
+    baseline = ctx.input("baseline")
+    rows = load_records([data_file(baseline, "completions.jsonl")], Completion, ctx.quarantine,
+                        ctx.max_quarantine_share, f"stage {ctx.stage_id} baseline")
+    return {"baseline": baseline.name, "families": paired_difference(_greedy_scores(completions), _greedy_scores(rows))}

@@ -68,9 +68,11 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
         scores = manifests[eval_id]["metrics"]["scores"]
         assert scores["overall"]["n"] == 36
         assert scores["overall"]["low"] <= scores["overall"]["score"] <= scores["overall"]["high"]
+    paired = manifests["eval_sft_rs"]["metrics"]["paired"]  # the RS control, prompt by prompt
+    assert paired["baseline"] == "eval_sft_ref" and paired["families"]["overall"]["n"] == 36
     assert (run_dir / "report.html").stat().st_size > 10_000
     html = (run_dir / "report.html").read_text()
-    assert "eval_sft" in html and "bad_json" in html
+    assert "eval_sft" in html and "bad_json" in html and "paired differences" in html
     merge_table = html[html.index("merge merged (linear) vs its members"):].split("</table>")[0]
     assert all(f"<th>{name}</th>" in merge_table for name in ("sft_ref", "sft_rs", "merged (merged)"))
 
