@@ -149,8 +149,8 @@ def _paired_section(views: list[StageView]) -> str:
     def cell(d: dict[str, Any] | None) -> str:
         if d is None:
             return "<td>-</td>"
-        return escape(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['better']}+/{d['worse']}-").join(
-            ("<td>", "</td>"))
+        text = f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['better']}+/{d['worse']}-"
+        return f"<td>{escape(text)}</td>"
 
     body = "".join(f"<tr><th>{escape(label)}</th><td>{escape(str(entry.get('baseline', '?')))}</td>"
                    + "".join(cell(entry.get("families", {}).get(f)) for f in families) + "</tr>"
