@@ -124,11 +124,19 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 server.authorizations.append(self.headers.get("Authorization"))
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            self._in_flight = True
             try:
                 self._act(body, server.action_for(body))
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (stall)
             finally:
+                self._leave()
+
+        def _leave(self) -> None:
+            """Stop counting this request as in flight: before its answer is written, since the client
+            may send its next request as soon as it has read the answer, before this thread resumes."""
+            if self._in_flight:
+                self._in_flight = False
                 with server.lock:
                     server.in_flight -= 1
 
@@ -150,6 +158,7 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             # A stalled answer reaches no one (the client timed out); a truncated one is incomplete.
             data = json.dumps(server.completion(body, action, delivered=action not in ("stall", "truncated"))).encode()
             if action == "truncated":
+                self._leave()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -162,6 +171,7 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self._send_raw(status, json.dumps(payload).encode(), headers)
 
         def _send_raw(self, status: int, data: bytes, headers: dict | None = None) -> None:
+            self._leave()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
