@@ -186,15 +186,16 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
                             row={"id": pair.id})
         else:
             kept.append(pair)
+    learnable = [c for c in completions if _has_something_to_learn(c, config.pointwise_alpha, ctx)]
     raw_scores = [s for p in kept for s in (p.chosen_score, p.rejected_score)]
-    raw_scores += [r.score for c in completions for r in c.responses]
+    raw_scores += [r.score for c in learnable for r in c.responses]
     scores = normalise_scores(raw_scores, config.score_normalisation, config.score_range)
     groups, at = [], 0
     for pair in kept:
         groups.append(pair_group(pair, tokenizer, template, head, (scores[at], scores[at + 1]),
                                  config.edited_strength, config.use_edited))
         at += 2
-    for completion in completions:
+    for completion in learnable:
         k = len(completion.responses)
         groups.append(completion_group(completion, tokenizer, template, head, scores[at:at + k]))
         at += k
@@ -206,13 +207,20 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
         if max(len(s) for s in group.sequences) > config.max_tokens or group.num_tokens > config.micro_batch_tokens:
             ctx.dropped.add(TOO_LONG, detail=f"{longest} tokens per response, {group.num_tokens} per group",
                             row={"id": group.id})
-        elif group.pairs or (config.pointwise_alpha > 0 and any(s == s for s in group.scores)):
-            fitting.append(group)  # something to learn: a pair, or a score the pointwise term uses
         else:
-            ctx.dropped.add("nothing_to_learn", detail="no pair of different scores and pointwise_alpha = 0",
-                            row={"id": group.id})
+            fitting.append(group)
     counts = {"input_pairs": len(pairs), "input_scored": len(completions), "kept_pairs": len(kept)}
     return fitting, counts
+
+
+def _has_something_to_learn(completion, pointwise_alpha: float, ctx: StageContext) -> bool:
+    """A pair of different scores, or a score the pointwise term uses; otherwise dropped before tokenizing."""
+    scores = {r.score for r in completion.responses if r.score is not None}
+    if len(scores) > 1 or (pointwise_alpha > 0 and scores):
+        return True
+    ctx.dropped.add("nothing_to_learn", detail=f"no pair of different scores and pointwise_alpha = {pointwise_alpha:g}",
+                    row={"id": completion.id})
+    return False
 
 
 def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:

@@ -88,7 +88,7 @@ def test_groups_without_a_pair_train_only_under_the_pointwise_term(tmp_path, cha
                      f"scored={tmp_path / 'completions.jsonl'}", "--set", f"pointwise_alpha={alpha}",
                      "--set", "micro_batch_tokens=768", "--out", str(out)]) == 0
         counts = manifest(out)["counts"]
-        assert counts["groups"] == groups
+        assert counts["groups"] == groups and counts["input_scored"] == 2
         assert counts["dropped_by_reason"].get("nothing_to_learn", 0) == 2 - groups
 
 
