@@ -87,16 +87,18 @@ def machine(packages: Iterable[str]) -> dict[str, Any]:
 
 
 def trial_parser(description: str, modes: Sequence[str], defaults: Any, work_dir: Path, steps_help: str,
-                 warmup_help: str) -> argparse.ArgumentParser:
-    """The command line of a trial driver; `defaults` (a settings class) gives steps, warmup and threads.
+                 warmup_help: str, step_defaults: bool = True) -> argparse.ArgumentParser:
+    """The command line of a trial driver; `defaults` (a settings class) gives steps, warmup and threads
+    (unless `step_defaults` is False: then they default to None, for a driver whose profile chooses them).
 
     The hidden --child, --settings and --result are how the driver starts a trial (`run_child_trial`).
     """
+    pick = (lambda name: getattr(defaults, name)) if step_defaults else (lambda name: None)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--trials", type=int, default=3, help="trials per mode")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=steps_help)
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=warmup_help)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads in every trial")
+    parser.add_argument("--steps", type=int, default=pick("steps"), help=steps_help)
+    parser.add_argument("--warmup", type=int, default=pick("warmup"), help=warmup_help)
+    parser.add_argument("--threads", type=int, default=pick("threads"), help="torch threads in every trial")
     parser.add_argument("--modes", nargs="+", default=list(modes), choices=modes)
     parser.add_argument("--work-dir", default=str(work_dir))
     parser.add_argument("--trial-timeout", type=int, default=600, help="seconds before a trial is killed")
@@ -113,6 +115,38 @@ def dispatch(args: argparse.Namespace, settings_class: type, child: Callable[...
         child(args.child, Path(args.work_dir), settings_class(**json.loads(args.settings)), Path(args.result))
     else:
         drive(args)
+
+
+def parse_overrides(pairs: Sequence[str], settings_class: type) -> dict[str, Any]:
+    """`["key=value", ...]` -> {key: value}, each value read as JSON where it parses (numbers, lists), else text."""
+    fields = set(settings_class.__dataclass_fields__)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def gpu_name(device: str) -> dict[str, Any]:
+    """{"gpu": the CUDA device's name, "cuda": the CUDA version} when `device` is cuda, else {}."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+
+
+def synchronize(device: str) -> None:
+    """Wait for the queued CUDA work (a host clock then reads the time the device finished); no-op on CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def config_call(name: str, kwargs: dict[str, Any]) -> str:
@@ -181,6 +215,15 @@ def runtime_fields() -> dict[str, Any]:
     return {"threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def gpu_fields(device: str) -> dict[str, Any]:
+    """{"gpu_peak_mib": the most GPU memory torch allocated in this process} on CUDA, else {}."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+
+
 def steady_seconds(run: dict[str, Any], steps: int, warmup: int, start_key: str) -> float:
     """Seconds of the steps after the first `warmup` ones (from `run[start_key]` when warmup is 0).
 
@@ -195,11 +238,13 @@ def steady_seconds(run: dict[str, Any], steps: int, warmup: int, start_key: str)
 class StepLog:
     """posttrain Trainer's log_fn (log_every=1): the end time and loss of every optimizer step."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
         self.ends: list[float] = []
         self.losses: list[float] = []
 
     def __call__(self, row: dict[str, Any]) -> None:
+        synchronize(self.device)
         self.ends.append(time.perf_counter())
         self.losses.append(row["loss"])
 
@@ -207,10 +252,11 @@ class StepLog:
 # ---------------------------------------------------------------- child: TRL
 
 
-def trl_common_kwargs(out_dir: Path, lr: float, steps: int, seed: int) -> dict[str, Any]:
-    """The TRL config fields every TRL mode sets alike, matched to posttrain's optimizer and CPU float32."""
+def trl_common_kwargs(out_dir: Path, lr: float, steps: int, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """The TRL config fields every TRL mode sets alike, matched to posttrain's optimizer and precision
+    (CPU: float32; CUDA: float32 weights with bf16 autocast, posttrain's `dtype: auto` there)."""
     return dict(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False,  # float32, like posttrain on CPU
+        output_dir=str(out_dir), use_cpu=device == "cpu", bf16=device == "cuda", fp16=False,
         gradient_checkpointing=False,  # TRL defaults to True; posttrain does not recompute activations
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,  # = posttrain's AdamW
@@ -240,9 +286,9 @@ def per_step(cumulative: list[int]) -> list[int]:
     return [b - a for a, b in zip([0] + cumulative[:-1], cumulative)]
 
 
-def step_clock(token_totals: Callable[[], tuple[int, int]]):
-    """A transformers TrainerCallback recording each optimizer step's end time and the running
-    (real, computed) token totals that `token_totals()` returns then, and each logged loss."""
+def step_clock(token_totals: Callable[[], tuple[int, int]], device: str = "cpu"):
+    """A transformers TrainerCallback recording each optimizer step's end time (after the device's queued
+    work) and the running (real, computed) token totals that `token_totals()` returns then, and each logged loss."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
@@ -250,6 +296,7 @@ def step_clock(token_totals: Callable[[], tuple[int, int]]):
             self.ends, self.real, self.computed, self.losses = [], [], [], []
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
             self.ends.append(time.perf_counter())
             real, computed = token_totals()
             self.real.append(real)
