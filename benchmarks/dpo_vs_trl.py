@@ -96,7 +96,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "qwen2-0.5b-gpu": dict(
         arch="qwen2", hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
         model_vocab_size=151936, max_length=1024, prompt_tokens=(50, 300), answer_tokens=(50, 500),
-        pairs_per_step=8, trl_micro_batch_pairs=8, micro_batch_tokens=4096, reference_batch_tokens=32768,
+        pairs_per_step=8, trl_micro_batch_pairs=8, micro_batch_tokens=16384, reference_batch_tokens=32768,
         trl_reference_batch_pairs=32, steps=16, warmup=2, lr=1e-6, device="cuda",
     ),
 }
