@@ -45,6 +45,10 @@ class DPOStageConfig(TrainConfig):
         "drop", description="too-long pairs: drop (logged) or truncate (prompt from the left first)")
     data_files: list[str] = Field(["pairs.jsonl", "data.jsonl"], description="file names looked up in pairs artifacts")
     keep_checkpoints: bool = Field(False, description="keep resume checkpoints after the stage finished")
+    replay_weight: float = Field(1.0, ge=0, description="with a `replay` input: weight of the per-token NLL "
+                                 "on each replayed SFT conversation, added to the pair losses")
+    replay_ratio: float = Field(1.0, gt=0, description="with a `replay` input: replayed conversations per pair "
+                                "(drawn with the seed; a step takes pairs_per_step x (1 + ratio) items)")
 
     @model_validator(mode="after")
     def _batching_fits(self) -> "DPOStageConfig":
@@ -69,8 +73,9 @@ class DPO(Stage):
     kind = "dpo"
     version = 1
     Config = DPOStageConfig
-    inputs = {"model": True, "pairs": True, "reference": False}
-    description = "Preference optimisation (DPO family, RPO) with reference log-probs precomputed once."
+    inputs = {"model": True, "pairs": True, "reference": False, "replay": False}
+    description = ("Preference optimisation (DPO family, RPO) with reference log-probs precomputed once; "
+                   "optionally SFT data replayed by NLL beside the pairs.")
 
     def run(self, config: DPOStageConfig, ctx: StageContext) -> StageResult:
         from posttrain.losses.preference import REFERENCE_FREE_LOSSES
@@ -84,12 +89,13 @@ class DPO(Stage):
         pairs, rows_read = tokenized_pairs(ctx, config, tokenizer)
         reference_free = config.reference_free or config.loss in REFERENCE_FREE_LOSSES
         from_cache = attach_reference(ctx, config, model, policy_dir, pairs, reference_free)
-        summary, last_row = train(ctx, config, model, tokenizer, pairs)
+        replay = replay_items(ctx, config, tokenizer, len(pairs))
+        summary, last_row = train(ctx, config, model, tokenizer, pairs, replay)
         if not config.keep_checkpoints:
             drop_checkpoints(ctx.out_dir)
         tokens = sum(len(p["chosen"]["input_ids"]) + len(p["rejected"]["input_ids"]) for p in pairs)
         return StageResult(
-            counts={"input_rows": rows_read, "pairs": len(pairs), "tokens": tokens,
+            counts={"input_rows": rows_read, "pairs": len(pairs), "replayed": len(replay), "tokens": tokens,
                     "steps": summary["steps"], "skipped_steps": summary["skipped_steps"]},
             metrics={"final_loss": summary["final_loss"], "loss": config.loss, "beta": config.beta,
                      "reference": "none" if reference_free else ("cached" if from_cache else "computed"),
@@ -131,8 +137,45 @@ def tokenized_pairs(ctx: StageContext, config: DPOStageConfig, tokenizer) -> tup
     return pairs, reader.stats.rows
 
 
-def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: list[dict]) -> tuple[dict, dict]:
-    """Run the preference loop; returns (its summary, the last metrics row)."""
+def replay_items(ctx: StageContext, config: DPOStageConfig, tokenizer, num_pairs: int) -> list[dict]:
+    """round(replay_ratio x num_pairs) conversations of the `replay` inputs, drawn with the seed (cycled when
+    there are fewer), tokenized with the pairs' length limit and special-token masking; [] without `replay`."""
+    import random
+
+    from posttrain.data.chat_templates import detect_template
+    from posttrain.data.io import RecordReader
+    from posttrain.data.records import Conversation
+    from posttrain.data.tokenize import tokenize_conversation
+    from posttrain.stages.artifacts import find_data_file
+    from posttrain.train.preference import mask_token_ids, replay_item
+
+    paths = ctx.inputs_of("replay", required=False)
+    if not paths:
+        return []
+    template = detect_template(tokenizer)
+    masked = special_token_ids(tokenizer, template) if config.mask_special_tokens else frozenset()
+    reader, sequences = RecordReader(Conversation, ctx.quarantine), []
+    for path in paths:
+        file = find_data_file(path, ["sft.jsonl", "data.jsonl"])
+        for record in reader.iter(file):
+            chat = tokenize_conversation(tokenizer, record.messages, record.tools, template)
+            if len(chat.input_ids) > config.max_tokens:
+                ctx.dropped.add("replay_too_long", file=str(file), row={"id": record.id})
+                continue
+            sequences.append((record.id, mask_token_ids({"input_ids": chat.input_ids,
+                                                         "loss_mask": list(chat.assistant_mask)}, masked)))
+    reader.stats.check_share(ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+    if not sequences:
+        raise ValueError(f"stage {ctx.stage_id}: the `replay` input has no conversation that fits max_tokens")
+    want = round(config.replay_ratio * num_pairs)
+    order = [i for _ in range(-(-want // len(sequences))) for i in random.Random(f"replay/{ctx.seed}").sample(
+        range(len(sequences)), len(sequences))][:want]
+    return [replay_item(sequences[i][1], sequences[i][0]) for i in order]
+
+
+def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: list[dict],
+          replay: list[dict]) -> tuple[dict, dict]:
+    """Run the preference loop (replayed conversations mixed among the pairs); returns (its summary, the last metrics row)."""
     from posttrain.data.chat_templates import detect_template, end_of_turn_ids
     from posttrain.losses.preference import bind_loss
     from posttrain.train.preference import run_preference
@@ -146,9 +189,11 @@ def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: li
     loss = bind_loss(config.loss, beta=config.beta, label_smoothing=config.label_smoothing, gamma=config.gamma,
                      nll_weight=config.nll_weight, nll_normalisation=config.nll_normalisation, eta=config.eta)
     train_config = TrainConfig(**config.model_dump(include=set(TrainConfig.model_fields)))
-    summary = run_preference(model, tokenizer, pairs, train_config, ctx.out_dir, loss=loss, beta=config.beta,
-                             pairs_per_step=config.pairs_per_step, log_fn=log,
-                             eos_token_ids=end_of_turn_ids(tokenizer, detect_template(tokenizer)))
+    items_per_step = round(config.pairs_per_step * (1 + config.replay_ratio)) if replay else config.pairs_per_step
+    summary = run_preference(model, tokenizer, pairs + replay, train_config, ctx.out_dir, loss=loss, beta=config.beta,
+                             pairs_per_step=items_per_step, log_fn=log,
+                             eos_token_ids=end_of_turn_ids(tokenizer, detect_template(tokenizer)),
+                             replay_weight=config.replay_weight if replay else 0.0)
     return summary, (rows[-1] if rows else {})
 
 

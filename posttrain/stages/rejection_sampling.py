@@ -5,6 +5,10 @@ with capability-specific system prompts while sampling; Apple's iTeC samples fro
 checkpoints (bind several artifacts to `model`: the K samples are split across them); ground-truth
 graders score wherever they exist (the default here, the tiny world's graders).
 
+With a `completions` input (another rejection_sampling or generate stage's samples) nothing is
+sampled: those samples of the selected prompts are scored again with this stage's scorer (a reward
+model trained since, say) and the best kept as above.
+
 Writes `data.jsonl` (the kept best responses as Conversations, without the sampling system prompt
 unless `keep_system_prompt`), `completions.jsonl` (every sample with its score, for `pairs`), and per
 prompt statistics (pass rate, score mean and spread, difficulty = 1 - pass rate) in each
@@ -80,18 +84,28 @@ class RejectionSampling(Stage):
     kind = "rejection_sampling"
     version = 1
     Config = RejectionSamplingConfig
-    inputs = {"prompts": True, "model": False, "reward_model": False, "judge_model": False}
-    description = "Sample K responses per prompt (one model or a committee), score them, keep the best as SFT data."
+    inputs = {"prompts": True, "model": False, "reward_model": False, "judge_model": False, "completions": False}
+    description = ("Sample K responses per prompt (one model or a committee), or take them from `completions`, "
+                   "score them, keep the best as SFT data.")
 
     def run(self, config: RejectionSamplingConfig, ctx: StageContext) -> StageResult:
         from posttrain.data.io import write_records
         from posttrain.stages.generate import build_members, load_prompts, remove_shards, sample_prompts
 
         prompts = load_prompts(ctx, config)
-        members = build_members(ctx, config.backends, config)
         scorer = _scorer(ctx, config)
-        completions, shard_counts = sample_prompts(ctx, prompts, members, config,
-                                                   score=lambda shard: _score(scorer, shard))
+        if ctx.inputs.get("completions"):
+            completions = _earlier_samples(ctx, prompts, config.samples)
+            _score(scorer, completions)
+            shard_counts: dict[str, int] = {}
+            models = sorted({m for c in completions for m in c.meta.models})  # type: ignore[attr-defined]
+            per_model = [sum(1 for c in completions for r in c.responses if c.meta.models[r.index] == m)  # type: ignore[attr-defined]
+                         for m in models]
+        else:
+            members = build_members(ctx, config.backends, config)
+            completions, shard_counts = sample_prompts(ctx, prompts, members, config,
+                                                       score=lambda shard: _score(scorer, shard))
+            models, per_model = [m.backend.name for m in members], [m.samples for m in members]
         for completion in completions:
             scores = [r.score for r in completion.responses if _scored(r)]
             for key, value in prompt_stats(scores, config.min_score).items():
@@ -105,10 +119,36 @@ class RejectionSampling(Stage):
         return StageResult(
             counts={"input_rows": len(prompts), "completions": len(completions),
                     "responses": sum(len(c.responses) for c in completions), "kept": len(kept), **shard_counts},
-            metrics={"families": summary, "models": [m.backend.name for m in members],
-                     "samples_per_model": [m.samples for m in members], "scorer": scorer.name},
+            metrics={"families": summary, "models": models, "samples_per_model": per_model, "scorer": scorer.name,
+                     "rescored": bool(ctx.inputs.get("completions"))},
             outputs={"data": "data.jsonl", "completions": "completions.jsonl"},
         )
+
+
+def _earlier_samples(ctx: StageContext, prompts: list, samples: int) -> list:
+    """The `completions` input's samples of `prompts` (their first `samples` responses), scores cleared.
+
+    A prompt with no completion there is an error: rescoring must not silently shrink the data.
+    """
+    from posttrain.data.io import load_records
+    from posttrain.data.records import Completion
+    from posttrain.stages.artifacts import data_file
+
+    files = [data_file(p, "completions.jsonl") for p in ctx.inputs_of("completions")]
+    by_prompt = {c.prompt.id: c for c in load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share,
+                                                      f"stage {ctx.stage_id}")}
+    missing = [p.id for p in prompts if p.id not in by_prompt]
+    if missing:
+        raise ValueError(f"stage {ctx.stage_id}: {len(missing)} of {len(prompts)} prompts have no samples in "
+                         f"`completions` (first: {missing[0]}); sample them, or select fewer prompts")
+    chosen = []
+    for prompt in prompts:
+        completion = by_prompt[prompt.id]
+        completion.responses = completion.responses[:samples]
+        for response in completion.responses:
+            response.score, response.reason = None, None
+        chosen.append(completion)
+    return chosen
 
 
 def _scorer(ctx: StageContext, config: RejectionSamplingConfig):

@@ -283,7 +283,8 @@ class PairBatch:
     reference: torch.Tensor  # (P, 2) reference log-probs
     tokens: torch.Tensor  # (P, 2) loss tokens
     rewards: torch.Tensor  # (P, 2) reward values
-    valid: torch.Tensor  # (P,) 1.0 for a real pair, 0.0 for the filler that evens out processes
+    valid: torch.Tensor  # (P,) 1.0 for a real pair, 0.0 for the filler that evens out processes and for replay
+    replay: torch.Tensor | None = None  # (P,) 1.0 for a replayed SFT conversation (its "chosen" is the conversation)
 
     @property
     def input_ids(self) -> torch.Tensor:  # what the engine counts as tokens processed
@@ -291,7 +292,8 @@ class PairBatch:
 
     def to(self, device: torch.device | str) -> "PairBatch":
         return PairBatch(self.sequences.to(device), self.reference.to(device), self.tokens.to(device),
-                         self.rewards.to(device), self.valid.to(device))
+                         self.rewards.to(device), self.valid.to(device),
+                         None if self.replay is None else self.replay.to(device))
 
     def logps(self, policy: torch.Tensor) -> PairLogps:
         """The loss inputs, given the policy's (P, 2) sequence log-probs."""
@@ -299,8 +301,19 @@ class PairBatch:
                          self.tokens[:, 0], self.tokens[:, 1], self.rewards[:, 0], self.rewards[:, 1])
 
 
-_FILLER = {"chosen": {"input_ids": [0], "loss_mask": [False]}, "rejected": {"input_ids": [0], "loss_mask": [False]},
-           "reference": (0.0, 0.0), "chosen_reward": 0.0, "rejected_reward": 0.0, "filler": True}
+_EMPTY = {"input_ids": [0], "loss_mask": [False]}
+_FILLER = {"chosen": _EMPTY, "rejected": _EMPTY, "reference": (0.0, 0.0), "chosen_reward": 0.0, "rejected_reward": 0.0,
+           "filler": True}
+
+
+def replay_item(sequence: Mapping[str, Any], item_id: str) -> dict[str, Any]:
+    """An SFT conversation ({"input_ids", "loss_mask"}) as an item of the pair stream: trained by NLL only.
+
+    It rides in the same micro-batches as the pairs (its "rejected" is a one-token stub that is never
+    scored) and counts as no pair: the DPO loss and the pair metrics leave it out.
+    """
+    return {"id": item_id, "chosen": dict(sequence), "rejected": _EMPTY, "reference": (0.0, 0.0),
+            "chosen_reward": 0.0, "rejected_reward": 0.0, "replay": True}
 
 
 def collate_pairs(pairs: Sequence[Mapping[str, Any]], row_tokens: int) -> PairBatch:
@@ -311,17 +324,28 @@ def collate_pairs(pairs: Sequence[Mapping[str, Any]], row_tokens: int) -> PairBa
         tokens=torch.tensor([(_predicted_loss_tokens(p["chosen"]), _predicted_loss_tokens(p["rejected"]))
                              for p in pairs], dtype=torch.float32).view(-1, 2),
         rewards=torch.tensor([(p["chosen_reward"], p["rejected_reward"]) for p in pairs], dtype=torch.float32).view(-1, 2),
-        valid=torch.tensor([0.0 if p.get("filler") else 1.0 for p in pairs]),
+        valid=torch.tensor([0.0 if p.get("filler") or p.get("replay") else 1.0 for p in pairs]),
+        replay=torch.tensor([1.0 if p.get("replay") else 0.0 for p in pairs]) if any(p.get("replay") for p in pairs)
+        else None,
     )
 
 
-def preference_loss_fn(loss: Callable[[PairLogps], torch.Tensor], beta: float, chunk_size: int) -> LossFn:
-    """loss_fn(model, PairBatch) for the engine: summed per-pair loss, normalised by the step's pair count."""
+def preference_loss_fn(loss: Callable[[PairLogps], torch.Tensor], beta: float, chunk_size: int,
+                       replay_weight: float = 0.0) -> LossFn:
+    """loss_fn(model, PairBatch) for the engine: summed per-pair loss, normalised by the step's pair count.
+
+    Replayed SFT conversations in the batch (`replay_item`) add `replay_weight` x their per-token NLL
+    each to that sum (SFT replay, so the step's loss is mean pair loss + replay_weight x replay rows
+    per pair x their mean per-token NLL); they count as no pair.
+    """
 
     def loss_fn(model, batch: PairBatch) -> LossOutput:
         policy = batch.sequences.sequence_logprobs(model, chunk_size).view(-1, 2)  # (P, 2), one forward
         logps = batch.logps(policy)
         loss_sum = (loss(logps) * batch.valid).sum()
+        if batch.replay is not None and replay_weight:
+            nll = -policy[:, 0] / batch.tokens[:, 0].clamp(min=1.0)  # per-token NLL of each replayed conversation
+            loss_sum = loss_sum + replay_weight * (nll * batch.replay).sum()
         metrics = {name: (value * batch.valid).sum() for name, value in preference_metrics(logps, beta).items()}
         return LossOutput(loss_sum, batch.valid.sum(), metrics)
 
@@ -396,17 +420,18 @@ def run_preference(
     pairs_per_step: int,
     log_fn: LogFn | None = None,
     eos_token_ids: list[int] | None = None,
+    replay_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train `model` on tokenized pairs that carry their "reference" log-probs; save HF to out_dir/model.
 
     `loss` is a bound loss (`losses.preference.bind_loss`); `beta` scales the reported implicit
-    rewards. Checkpoints go to out_dir/checkpoints and a cut-off run resumes from the latest one.
+    rewards. Items made by `replay_item` among the pairs are trained by NLL x `replay_weight`. Checkpoints go to out_dir/checkpoints and a cut-off run resumes from the latest one.
     """
     out_dir = Path(out_dir)
     ctx = init_distributed()
     plan = PreferencePlan(pairs, pairs_per_step, config.micro_batch_tokens, config.epochs, config.seed, ctx)
     trainer = Trainer(
-        model, config, preference_loss_fn(loss, beta, config.logprob_chunk_size),
+        model, config, preference_loss_fn(loss, beta, config.logprob_chunk_size, replay_weight),
         total_steps=plan_total_steps(plan, config.max_steps), checkpoint_dir=out_dir / "checkpoints",
         log_fn=log_fn, ctx=ctx,
     )

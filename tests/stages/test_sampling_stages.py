@@ -77,6 +77,28 @@ def test_rejection_sampling_threshold_drops_with_reasons(tmp_path, chat_model, w
     assert (out / "data.jsonl").read_text() == ""
 
 
+def test_rejection_sampling_rescores_earlier_samples_without_sampling(tmp_path, chat_model, world_prompts, capsys):
+    first = tmp_path / "rs"
+    assert main(["rejection-sampling", "--input", f"model={chat_model}", "--input", f"prompts={world_prompts}",
+                 "--set", "samples=3", "--set", "max_new_tokens=6", "--set", "max_prompts_per_family=2",
+                 "--set", "min_score=0.0", "--out", str(first)]) == 0
+    again = tmp_path / "rescored"  # no model input: nothing can be sampled
+    assert main(["rejection-sampling", "--input", f"completions={first}", "--input", f"prompts={world_prompts}",
+                 "--set", "samples=2", "--set", "max_prompts_per_family=1", "--set", "min_score=0.0",
+                 "--out", str(again)]) == 0
+    m = manifest(again)
+    assert m["metrics"]["rescored"] and m["counts"]["input_rows"] == 3 and m["counts"]["responses"] == 6
+    source = {c["prompt"]["id"]: c for c in rows(first / "completions.jsonl")}
+    for c in rows(again / "completions.jsonl"):
+        earlier = source[c["prompt"]["id"]]["responses"][:2]  # the first 2 of 3, same texts, scored again
+        assert [r["messages"] for r in c["responses"]] == [r["messages"] for r in earlier]
+        assert [r["score"] for r in c["responses"]] == [r["score"] for r in earlier]  # same grader, same scores
+    too_many = tmp_path / "too_many"  # 3 prompts per family asked, 2 sampled: an error, not a smaller data set
+    assert main(["rejection-sampling", "--input", f"completions={first}", "--input", f"prompts={world_prompts}",
+                 "--set", "samples=2", "--set", "max_prompts_per_family=3", "--out", str(too_many)]) != 0
+    assert "3 of 9 prompts have no samples in `completions`" in capsys.readouterr().err
+
+
 def test_generate_writes_unscored_completions(tmp_path, chat_model, world_prompts):
     out = tmp_path / "gen"
     assert main(["generate", "--input", f"model={chat_model}", "--input", f"prompts={world_prompts}",

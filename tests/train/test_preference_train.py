@@ -166,3 +166,25 @@ def test_collate_pairs_orders_chosen_then_rejected():
     assert all(row.input_ids.shape[1] <= 12 for row in batch.sequences.rows) and len(batch.sequences.rows) > 1
     assert batch.reference.tolist() == [[-1.0, -2.0]] * 3
     assert batch.tokens[0].tolist() == [sum(pairs[0]["chosen"]["loss_mask"]), sum(pairs[0]["rejected"]["loss_mask"])]
+
+
+@torch.no_grad()
+def test_replayed_conversation_adds_its_weighted_per_token_nll_and_counts_as_no_pair():
+    from posttrain.train.preference import preference_loss_fn, replay_item
+
+    model = tiny_model(seed=3)
+    pairs = with_reference(model, toy_pairs(2))
+    conversation = {"input_ids": [5, 6, 7, 8, 9, 10], "loss_mask": [False, False, True, True, True, True]}
+    batch = collate_pairs(pairs + [replay_item(conversation, "r")], 64)
+    assert batch.valid.tolist() == [1.0, 1.0, 0.0] and batch.replay.tolist() == [0.0, 0.0, 1.0]
+    loss = bind_loss("dpo", beta=0.5)
+    alone = preference_loss_fn(loss, 0.5, 64)(model, collate_pairs(pairs, 64))
+    mixed = preference_loss_fn(loss, 0.5, 64, replay_weight=0.3)(model, batch)
+    # The replayed conversation's 4 loss tokens: per-token NLL = -sum log p / 4, weighted 0.3; no pair added.
+    nll = -one_by_one(model, [conversation])[0] / 4
+    assert float(mixed.loss_sum) == pytest.approx(float(alone.loss_sum) + 0.3 * nll, rel=1e-5)
+    assert float(mixed.normaliser) == float(alone.normaliser) == 2.0
+    for name, value in alone.metrics.items():
+        assert float(mixed.metrics[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6)
+    unweighted = preference_loss_fn(loss, 0.5, 64)(model, batch)  # replay_weight 0: the replay row changes nothing
+    assert float(unweighted.loss_sum) == pytest.approx(float(alone.loss_sum), rel=1e-5)
