@@ -68,6 +68,10 @@ def test_quickstart_reduced_runs_and_reruns_from_cache(tmp_path):
         scores = manifests[eval_id]["metrics"]["scores"]
         assert scores["overall"]["n"] == 36
         assert scores["overall"]["low"] <= scores["overall"]["score"] <= scores["overall"]["high"]
+    rescored = manifests["rs_rm"]  # rs's samples scored again by the reward model, none drawn anew
+    assert rescored["metrics"]["rescored"] and rescored["counts"]["responses"] == manifests["rs"]["counts"]["responses"]
+    dpo = manifests["dpo"]["counts"]  # two SFT conversations replayed per pair
+    assert dpo["pairs"] > 0 and dpo["replayed"] == 2 * dpo["pairs"]
     paired = manifests["eval_sft_rs"]["metrics"]["paired"]  # the RS control, prompt by prompt
     assert paired["baseline"] == "eval_sft_ref" and paired["families"]["overall"]["n"] == 36
     assert (run_dir / "report.html").stat().st_size > 10_000
