@@ -167,10 +167,10 @@ def replay_items(ctx: StageContext, config: DPOStageConfig, tokenizer, num_pairs
     reader.stats.check_share(ctx.max_quarantine_share, f"stage {ctx.stage_id}")
     if not sequences:
         raise ValueError(f"stage {ctx.stage_id}: the `replay` input has no conversation that fits max_tokens")
-    want = round(config.replay_ratio * num_pairs)
-    order = [i for _ in range(-(-want // len(sequences))) for i in random.Random(f"replay/{ctx.seed}").sample(
-        range(len(sequences)), len(sequences))][:want]
-    return [replay_item(sequences[i][1], sequences[i][0]) for i in order]
+    want, rng, order = round(config.replay_ratio * num_pairs), random.Random(f"replay/{ctx.seed}"), []
+    while len(order) < want:  # one shuffled pass over the conversations after another
+        order += rng.sample(range(len(sequences)), len(sequences))
+    return [replay_item(sequences[i][1], sequences[i][0]) for i in order[:want]]
 
 
 def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: list[dict],
