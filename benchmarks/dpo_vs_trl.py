@@ -168,8 +168,9 @@ def prepare(settings: Settings, work_dir: Path) -> dict[str, Any]:
     docs = list(world_corpus(settings.seed, 2000))
     tokenizer = train_bytelevel_bpe(docs + family_text(settings.seed, 100, "chatml"), settings.vocab_size, "chatml")
     model = random_init_causal_lm(
-        settings.arch, vocab_size=settings.model_vocab_size or len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.num_layers,
-        num_heads=settings.num_heads, num_kv_heads=settings.num_kv_heads, intermediate_size=settings.intermediate_size,
+        settings.arch, vocab_size=settings.model_vocab_size or len(tokenizer), hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers, num_heads=settings.num_heads, num_kv_heads=settings.num_kv_heads,
+        intermediate_size=settings.intermediate_size,
         max_position_embeddings=settings.max_length, seed=settings.seed, tie_word_embeddings=True,
     )
     save_causal_lm(model, tokenizer, work_dir / "model")

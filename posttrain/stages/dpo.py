@@ -175,7 +175,7 @@ def replay_items(ctx: StageContext, config: DPOStageConfig, tokenizer, num_pairs
 
 def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: list[dict],
           replay: list[dict]) -> tuple[dict, dict]:
-    """Run the preference loop (replayed conversations mixed among the pairs); returns (its summary, the last metrics row)."""
+    """Run the preference loop, replayed conversations mixed among the pairs; returns (summary, last metrics row)."""
     from posttrain.data.chat_templates import detect_template, end_of_turn_ids
     from posttrain.losses.preference import bind_loss
     from posttrain.train.preference import run_preference

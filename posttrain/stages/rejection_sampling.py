@@ -98,9 +98,9 @@ class RejectionSampling(Stage):
             completions = _earlier_samples(ctx, prompts, config.samples)
             _score(scorer, completions)
             shard_counts: dict[str, int] = {}
-            models = sorted({m for c in completions for m in c.meta.models})  # type: ignore[attr-defined]
-            per_model = [sum(1 for c in completions for r in c.responses if c.meta.models[r.index] == m)  # type: ignore[attr-defined]
-                         for m in models]
+            drawn_by = [c.meta.models[r.index] for c in completions for r in c.responses]  # type: ignore[attr-defined]
+            models = sorted(set(drawn_by))
+            per_model = [drawn_by.count(m) for m in models]
         else:
             members = build_members(ctx, config.backends, config)
             completions, shard_counts = sample_prompts(ctx, prompts, members, config,

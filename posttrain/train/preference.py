@@ -425,7 +425,8 @@ def run_preference(
     """Train `model` on tokenized pairs that carry their "reference" log-probs; save HF to out_dir/model.
 
     `loss` is a bound loss (`losses.preference.bind_loss`); `beta` scales the reported implicit
-    rewards. Items made by `replay_item` among the pairs are trained by NLL x `replay_weight`. Checkpoints go to out_dir/checkpoints and a cut-off run resumes from the latest one.
+    rewards. Items made by `replay_item` among the pairs are trained by NLL x `replay_weight`.
+    Checkpoints go to out_dir/checkpoints and a cut-off run resumes from the latest one.
     """
     out_dir = Path(out_dir)
     ctx = init_distributed()
