@@ -53,33 +53,23 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return unwrap_model(model).get_decoder()
 
 
-_FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
-
-
 def last_hidden_state(model: nn.Module, device: torch.device, **inputs) -> torch.Tensor:
     """The final (post-norm) hidden states of the full model's forward, with no LM-head work: for packed rows
     pass `position_ids` restarting per sequence and no attention mask (see `packed_hidden_states`).
 
-    They are read by a forward hook on the decoder's final norm: transformers' `output_hidden_states`
-    index selection (`[-1]`) exists in some 5.x releases only (5.17 returned None there).
+    They come back in the forward's own output (`hidden_states[-1]`), so that DDP and FSDP see the
+    loss depend on their module's output. Every layer's states are returned (`output_hidden_states=True`):
+    the index selection `[-1]` exists in some transformers 5.x releases only (5.17 returned None there).
+    Under autograd they are saved for backward anyway; a no-grad pass holds them until it returns.
     """
-    decoder = decoder_of(model)
-    norm = next((getattr(decoder, name) for name in _FINAL_NORM_NAMES
-                 if isinstance(getattr(decoder, name, None), nn.Module)), None)
-    if norm is None:  # an architecture without a named final norm: keep every layer's states, take the last
-        outputs = model(**inputs, use_cache=False, output_hidden_states=True,
-                        logits_to_keep=_NO_LOGIT_POSITIONS.to(device), return_dict=True)
-        return outputs.hidden_states[-1]
-    captured: list[torch.Tensor] = []
-    handle = norm.register_forward_hook(lambda module, args, output: captured.append(output))
-    try:
-        model(**inputs, use_cache=False, logits_to_keep=_NO_LOGIT_POSITIONS.to(device),  # logits (B, 0, V)
-              return_dict=True)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"the final norm ran {len(captured)} times in one forward, expected once")
-    return captured[0]
+    outputs = model(
+        **inputs,
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=_NO_LOGIT_POSITIONS.to(device),  # logits (B, 0, V): no LM head work here
+        return_dict=True,
+    )
+    return outputs.hidden_states[-1]
 
 
 def packed_hidden_states(
