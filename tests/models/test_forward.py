@@ -141,4 +141,3 @@ def test_forward_goes_through_ddp(tmp_path):
         assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     finally:
         dist.destroy_process_group()
-
