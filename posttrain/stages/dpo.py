@@ -49,6 +49,7 @@ class DPOStageConfig(TrainConfig):
                                  "on each replayed SFT conversation, added to the pair losses")
     replay_ratio: float = Field(1.0, gt=0, description="with a `replay` input: replayed conversations per pair "
                                 "(drawn with the seed; a step takes pairs_per_step x (1 + ratio) items)")
+    replay_files: list[str] = Field(["sft.jsonl", "data.jsonl"], description="file names looked up in replay artifacts")
 
     @model_validator(mode="after")
     def _batching_fits(self) -> "DPOStageConfig":
@@ -139,14 +140,13 @@ def tokenized_pairs(ctx: StageContext, config: DPOStageConfig, tokenizer) -> tup
 
 def replay_items(ctx: StageContext, config: DPOStageConfig, tokenizer, num_pairs: int) -> list[dict]:
     """round(replay_ratio x num_pairs) conversations of the `replay` inputs, drawn with the seed (cycled when
-    there are fewer), tokenized with the pairs' length limit and special-token masking; [] without `replay`."""
+    there are fewer), read and fitted as the sft stage reads them, special tokens masked as in the pairs;
+    [] without `replay`."""
     import random
 
     from posttrain.data.chat_templates import detect_template
-    from posttrain.data.io import RecordReader
-    from posttrain.data.records import Conversation
-    from posttrain.data.tokenize import tokenize_conversation
     from posttrain.stages.artifacts import find_data_file
+    from posttrain.stages.conversations import tokenized_conversations
     from posttrain.train.preference import mask_token_ids, replay_item
 
     paths = ctx.inputs_of("replay", required=False)
@@ -154,23 +154,14 @@ def replay_items(ctx: StageContext, config: DPOStageConfig, tokenizer, num_pairs
         return []
     template = detect_template(tokenizer)
     masked = special_token_ids(tokenizer, template) if config.mask_special_tokens else frozenset()
-    reader, sequences = RecordReader(Conversation, ctx.quarantine), []
-    for path in paths:
-        file = find_data_file(path, ["sft.jsonl", "data.jsonl"])
-        for record in reader.iter(file):
-            chat = tokenize_conversation(tokenizer, record.messages, record.tools, template)
-            if len(chat.input_ids) > config.max_tokens:
-                ctx.dropped.add("replay_too_long", file=str(file), row={"id": record.id})
-                continue
-            sequences.append((record.id, mask_token_ids({"input_ids": chat.input_ids,
-                                                         "loss_mask": list(chat.assistant_mask)}, masked)))
-    reader.stats.check_share(ctx.max_quarantine_share, f"stage {ctx.stage_id}")
-    if not sequences:
+    examples, _ = tokenized_conversations(ctx, [find_data_file(p, config.replay_files) for p in paths], tokenizer,
+                                          template, config.max_tokens, config.on_overflow)
+    if not examples:
         raise ValueError(f"stage {ctx.stage_id}: the `replay` input has no conversation that fits max_tokens")
     want, rng, order = round(config.replay_ratio * num_pairs), random.Random(f"replay/{ctx.seed}"), []
     while len(order) < want:  # one shuffled pass over the conversations after another
-        order += rng.sample(range(len(sequences)), len(sequences))
-    return [replay_item(sequences[i][1], sequences[i][0]) for i in order[:want]]
+        order += rng.sample(range(len(examples)), len(examples))
+    return [replay_item(mask_token_ids(examples[i], masked), examples[i]["id"]) for i in order[:want]]
 
 
 def train(ctx: StageContext, config: DPOStageConfig, model, tokenizer, pairs: list[dict],

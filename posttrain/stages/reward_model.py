@@ -215,7 +215,7 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
 
 def _has_something_to_learn(completion, pointwise_alpha: float, ctx: StageContext) -> bool:
     """A pair of different scores, or a score the pointwise term uses; otherwise dropped before tokenizing."""
-    scores = {r.score for r in completion.responses if r.score is not None}
+    scores = {r.score for r in completion.responses if r.score is not None and r.score == r.score}  # NaN: unscored
     if len(scores) > 1 or (pointwise_alpha > 0 and scores):
         return True
     ctx.dropped.add("nothing_to_learn", detail=f"no pair of different scores and pointwise_alpha = {pointwise_alpha:g}",
