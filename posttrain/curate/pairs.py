@@ -7,6 +7,12 @@ From each Completion (a prompt with K scored responses) a strategy picks (chosen
 - `all_ranked_pairs`: every pair of the ranked list with a strict score difference (Llama 3 turns
   edited > chosen > rejected into all its ordered pairs).
 
+A prompt whose samples all fail has nothing to prefer among them; `with_references` adds a known-good
+answer (a reference solution) to each prompt's responses with a fixed score, so such a prompt pairs
+its reference against its worst sample (SPIN, Chen et al. 2024, pairs references against policy
+samples; Llama 3 ranks a human-edited answer above the sampled ones). The reference sorts after
+sampled responses of the same score, so a passing sample is still preferred as the chosen answer.
+
 Then pairs whose score gap is below `min_gap` and pairs whose two responses are near-identical
 (ROUGE-L F above `max_similarity`, as Baichuan 2 and Llama 3 filter) are dropped. Each kept pair
 records both scores (and rewards when the responses have them) and a preference strength from the
@@ -20,11 +26,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from posttrain.data.records import Completion, PreferencePair, PreferenceStrength, Response
+from posttrain.data.records import (Completion, Conversation, Message, PreferencePair, PreferenceStrength, Response,
+                                    content_hash)
 from posttrain.data.similarity import rouge_l_f
 
 OnDrop = Callable[[str, str, dict[str, Any]], None]  # (reason, detail, row)
 RankBy = Literal["score", "reward"]
+REFERENCE = "reference answer"  # the `reason` of a reference added to a completion's responses
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,40 @@ STRATEGIES: dict[str, Callable[[list[float], random.Random], list[tuple[int, int
     "best_vs_random_lower": best_vs_random_lower,
     "all_ranked_pairs": all_ranked_pairs,
 }
+
+
+# ------------------------------------------------------------------------------------------ references
+
+def prompt_key(messages: list[Message]) -> str:
+    """The identity of a conversation's prompt part, for matching references to sampled prompts."""
+    return content_hash([m.model_dump(mode="json", exclude_none=True) for m in messages])
+
+
+def reference_answers(conversations: list[Conversation]) -> dict[str, list[Message]]:
+    """{prompt key: answer} of conversations cut after their last user turn (the first one per prompt)."""
+    answers: dict[str, list[Message]] = {}
+    for conversation in conversations:
+        messages = conversation.messages
+        last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+        answers.setdefault(prompt_key(messages[:last_user + 1]), messages[last_user + 1:])
+    return answers
+
+
+def with_references(completions: list[Completion], answers: dict[str, list[Message]],
+                    score: float) -> tuple[list[Completion], int]:
+    """The completions, each with its prompt's reference answer (if any) appended as a response
+    scored `score`; and how many got one."""
+    out, matched = [], 0
+    for completion in completions:
+        answer = answers.get(prompt_key(completion.prompt.messages))
+        if answer is None:
+            out.append(completion)
+            continue
+        matched += 1
+        reference = Response(index=len(completion.responses), messages=answer, score=score, reason=REFERENCE)
+        responses = [*completion.responses, reference]
+        out.append(Completion(prompt=completion.prompt, responses=responses, meta=completion.meta))
+    return out, matched
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -167,7 +209,8 @@ def _filtered_pair(completion: Completion, chosen: tuple[Response, float], rejec
         chosen_reward=_finite(good.reward), rejected_reward=_finite(bad.reward),
         strength=strength_of(gap, options.strength_gaps),
         meta={**completion.meta.model_dump(exclude_none=True), "completion": completion.id, "chosen_id": good.id,
-              "rejected_id": bad.id, "strategy": options.strategy, "gap": gap, "rouge_l": round(similarity, 4)},
+              "rejected_id": bad.id, "strategy": options.strategy, "gap": gap, "rouge_l": round(similarity, 4),
+              "chosen_is_reference": good.reason == REFERENCE},
     )
 
 

@@ -3,6 +3,9 @@
 Reads the completions of `rejection_sampling`, `judge` or `generate` (scored), picks pairs with a
 strategy, drops near-identical ones (ROUGE-L) and those with too small a score gap, each drop with
 its reason in dropped.jsonl, and writes pairs.jsonl with both scores and a preference strength.
+An optional `references` input (conversations: a prompt and its reference answer, e.g. the tiny
+world's references.jsonl) joins each matching prompt's responses with `reference_score`, so prompts
+whose samples all fail pair the reference against their worst sample.
 """
 from __future__ import annotations
 
@@ -24,23 +27,36 @@ class PairsConfig(StageConfig):
         (0.75, 0.5, 0.25), description="smallest gaps for significantly better / better / slightly better; below: negligibly better")
     balance_tags: list[str] = Field(default_factory=list, description="within a family, cap each of these prompt tags' pairs at the rarest one's count (e.g. [unsafe, safe_lookalike])")
     completion_files: list[str] = Field(["completions.jsonl"], description="file names looked up in completion artifacts")
+    reference_score: float = Field(1.0, description="the score a reference answer (`references` input) ranks with")
+    reference_files: list[str] = Field(["references.jsonl", "data.jsonl"], description="file names looked up in reference artifacts")
 
 
 class Pairs(Stage):
     kind = "pairs"
     version = 2
     Config = PairsConfig
-    inputs = {"completions": True}
+    inputs = {"completions": True, "references": False}
     description = "Build preference pairs from scored completions (strategy, ROUGE-L and gap filters, strength)."
 
     def run(self, config: PairsConfig, ctx: StageContext) -> StageResult:
-        from posttrain.curate.pairs import PairOptions, balance_tags, build_pairs
+        from posttrain.curate.pairs import PairOptions, balance_tags, build_pairs, reference_answers, with_references
         from posttrain.data.io import load_records, write_records
-        from posttrain.data.records import Completion
+        from posttrain.data.records import Completion, Conversation
         from posttrain.stages.artifacts import find_data_file
 
+        where = f"stage {ctx.stage_id}"
         files = [find_data_file(p, config.completion_files) for p in ctx.inputs_of("completions")]
-        completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, f"stage {ctx.stage_id}")
+        completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, where)
+        counts = {"input_rows": len(completions)}
+        reference_paths = ctx.inputs_of("references", required=False)
+        if reference_paths:
+            if config.rank_by != "score":
+                raise ValueError(f"{where}: references rank by score; rank_by is {config.rank_by!r}")
+            files = [find_data_file(p, config.reference_files) for p in reference_paths]
+            references = load_records(files, Conversation, ctx.quarantine, ctx.max_quarantine_share, where)
+            completions, matched = with_references(completions, reference_answers(references), config.reference_score)
+            counts.update(input_rows=len(completions) + len(references), references=len(references),
+                          prompts_with_reference=matched)
         options = PairOptions(strategy=config.strategy, rank_by=config.rank_by, min_gap=config.min_gap,
                               max_similarity=config.max_similarity, strength_gaps=config.strength_gaps, seed=ctx.seed)
         on_drop = lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)  # noqa: E731
@@ -53,10 +69,13 @@ class Pairs(Stage):
         write_records(ctx.out_dir / "pairs.jsonl", pairs)
         strengths = Counter(p.strength for p in pairs)
         families = Counter(p.prompt.family or "unknown" for p in pairs)
+        from_reference = Counter(p.prompt.family or "unknown" for p in pairs
+                                 if p.meta.chosen_is_reference)  # type: ignore[attr-defined]
         gaps = [p.meta.gap for p in pairs]  # type: ignore[attr-defined]
         return StageResult(
-            counts={"input_rows": len(completions), "pairs": len(pairs)},
+            counts={**counts, "pairs": len(pairs)},
             metrics={"strengths": dict(sorted(strengths.items())), "families": dict(sorted(families.items())),
+                     "reference_chosen": dict(sorted(from_reference.items())),
                      "mean_gap": sum(gaps) / len(gaps) if gaps else 0.0},
             outputs={"pairs": "pairs.jsonl"},
         )

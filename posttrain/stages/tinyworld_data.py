@@ -9,15 +9,17 @@ from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
 class TinyWorldDataConfig(StageConfig):
     sft_per_family: int = Field(300, ge=1, description="reference-solution conversations per task family")
     eval_per_family: int = Field(200, ge=1, description="held-out evaluation prompts per task family")
-    train_prompts_per_family: int = Field(0, ge=0, description="extra train-split prompts (no answers) for sampling stages")
+    train_prompts_per_family: int = Field(
+        0, ge=0, description="extra train-split prompts (no answers) for sampling stages; their reference answers go to references.jsonl")
     noise: float = Field(0.0, ge=0.0, le=1.0, description="share of SFT references deliberately corrupted")
 
 
 class TinyWorldData(Stage):
     kind = "tinyworld_data"
-    version = 1
+    version = 2
     Config = TinyWorldDataConfig
-    description = "Write the tiny world's SFT conversations (sft.jsonl), eval prompts (eval.jsonl), train prompts (prompts.jsonl)."
+    description = ("Write the tiny world's SFT conversations (sft.jsonl), eval prompts (eval.jsonl), train prompts "
+                   "(prompts.jsonl) and those prompts answered by their references (references.jsonl).")
 
     def run(self, config: TinyWorldDataConfig, ctx: StageContext) -> StageResult:
         from posttrain.data.io import write_records
@@ -33,6 +35,7 @@ class TinyWorldData(Stage):
             prompts = [p for fam in world.FAMILIES.values()
                        for p in fam.generate_prompts("train", config.train_prompts_per_family, ctx.seed + 1)]
             write_records(ctx.out_dir / "prompts.jsonl", prompts)
-            outputs["prompts"] = "prompts.jsonl"
+            write_records(ctx.out_dir / "references.jsonl", world.reference_conversations(prompts))
+            outputs.update(prompts="prompts.jsonl", references="references.jsonl")
             counts["train_prompts"] = len(prompts)
         return StageResult(counts=counts, outputs=outputs)

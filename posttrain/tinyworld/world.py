@@ -9,7 +9,8 @@ from posttrain.tinyworld.families import instruction_following, math, multi_turn
 from posttrain.tinyworld.family import Family
 from posttrain.tinyworld.tools import TOOLS, execute_tool_call
 
-__all__ = ["FAMILIES", "TOOLS", "TinyWorldGrader", "eval_prompts", "execute_tool_call", "grade", "sft_conversations"]
+__all__ = ["FAMILIES", "TOOLS", "TinyWorldGrader", "eval_prompts", "execute_tool_call", "grade",
+           "reference_conversations", "sft_conversations"]
 
 FAMILIES: dict[str, Family] = {
     module.FAMILY.name: module.FAMILY
@@ -54,6 +55,13 @@ def sft_conversations(n_per_family: int, seed: int, noise: float = 0.0) -> list[
                         family=name, prompt_id=prompt.id, corrupted=index in spoiled)
             conversations.append(Conversation(messages=prompt.messages + response, tools=prompt.tools, meta=meta))
     return conversations
+
+
+def reference_conversations(prompts: list[Prompt]) -> list[Conversation]:
+    """The prompts answered by their family's reference solution (never corrupted)."""
+    return [Conversation(messages=p.messages + FAMILIES[p.family].reference_solution(p), tools=p.tools,
+                         meta=Meta(source="tinyworld.reference_conversations", family=p.family, prompt_id=p.id))
+            for p in prompts]
 
 
 def eval_prompts(n_per_family: int, seed: int) -> list[Prompt]:

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from posttrain.curate.pairs import PairOptions, build_pairs, strength_of
-from posttrain.data.records import Completion, Message, Prompt, Response
+from posttrain.curate.pairs import PairOptions, build_pairs, prompt_key, reference_answers, strength_of, with_references
+from posttrain.data.records import Completion, Conversation, Message, Prompt, Response
 
 PROMPT = Prompt(messages=[Message(role="user", content="What is 2 + 3?")], family="math")
 TEXTS = ["The answer is five.", "I think it is seven, maybe.", "Six is my guess here.", "Ninety nine apples."]
@@ -108,3 +108,29 @@ def test_balance_tags_caps_each_tag_at_the_rarest_within_a_family():
     # A tag with no pairs caps the others at zero: no one-sided safety data.
     only_lookalikes = [p for p in pairs if p.prompt.tags and p.prompt.tags[0] == "safe_lookalike"]
     assert balance_tags(only_lookalikes, ["unsafe", "safe_lookalike"], seed=0, on_drop=lambda *a: None) == []
+
+
+def test_references_pair_against_failing_samples_and_yield_to_passing_ones():
+    other = Prompt(messages=[Message(role="user", content="What is 4 + 4?")], family="math")
+    references = [Conversation(messages=[*p.messages, Message(role="assistant", content=text)])
+                  for p, text in ((PROMPT, "It is 5, two plus three."), (other, "It is 8, four plus four."))]
+    answers = reference_answers(references)
+    all_fail, one_passes = completion([0.0, 0.5, 0.0, 0.25]), completion([0.0, 1.0, 0.0, 0.25], prompt=other)
+    unmatched = completion([0.0, 0.0, 0.0, 0.0], prompt=Prompt(messages=[Message(role="user", content="Hi")]))
+    joined, matched = with_references([all_fail, one_passes, unmatched], answers, score=1.0)
+    assert matched == 2 and joined[2] == unmatched
+    assert joined[0].id == all_fail.id and len(joined[0].responses) == 5
+    (ref_pair, sample_pair), drops = run(joined)
+    # All samples fail: the reference (scored 1.0) against the worst sample (the last 0.0 in order).
+    assert ref_pair.chosen[0].content == "It is 5, two plus three." and ref_pair.rejected[0].content == TEXTS[2]
+    assert ref_pair.meta.chosen_is_reference and ref_pair.chosen_score == 1.0 and ref_pair.meta.gap == 1.0
+    # A passing sample ties with the reference and sorts first: the sample stays the chosen answer.
+    assert sample_pair.chosen[0].content == TEXTS[1] and not sample_pair.meta.chosen_is_reference
+    assert [d[0] for d in drops] == ["no_score_difference"]  # the unmatched prompt, as before
+
+
+def test_reference_answers_cut_after_the_last_user_turn():
+    turns = [Message(role="user", content="Name a fruit."), Message(role="assistant", content="A pear."),
+             Message(role="user", content="Now in upper case."), Message(role="assistant", content="A PEAR.")]
+    answers = reference_answers([Conversation(messages=turns)])
+    assert answers == {prompt_key(turns[:3]): [turns[3]]}

@@ -143,6 +143,28 @@ def test_pairs_stage_filters_and_records_strength(tmp_path):
     assert all(PreferencePair.model_validate(p).id == p["id"] for p in pairs)
 
 
+def test_pairs_stage_with_references_pairs_all_failing_prompts(tmp_path):
+    source = scored_completions(tmp_path / "completions.jsonl")
+    references = tmp_path / "references.jsonl"
+    answered = [{"messages": [{"role": "user", "content": f"question {i}"},
+                              {"role": "assistant", "content": "It is 19."}]}
+                for i in range(1, 21)]  # question 1 is sampled; 3-20 are not
+    broken = {"messages": [{"role": "user", "content": "question 2"}]}  # no answer: quarantined
+    references.write_text("".join(json.dumps(row) + "\n" for row in answered[:1] + [broken] + answered[2:]))
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--input", f"completions={source}", "--input", f"references={references}",
+                 "--set", "reference_score=0.8", "--out", str(out)]) == 0
+    m = manifest(out)
+    # Prompt 1's four samples all score 0.5: its reference (scored 0.8) now pairs against one of them.
+    assert m["counts"]["references"] == 19 and m["counts"]["prompts_with_reference"] == 1
+    assert m["counts"]["quarantined"] == 1
+    assert m["metrics"]["reference_chosen"] == {"math": 1}
+    by_prompt = {p["prompt"]["messages"][0]["content"]: p for p in rows(out / "pairs.jsonl")}
+    assert by_prompt["question 1"]["chosen"][0]["content"] == "It is 19."
+    assert by_prompt["question 1"]["chosen_score"] == 0.8 and by_prompt["question 1"]["meta"]["chosen_is_reference"]
+    assert not by_prompt["question 0"]["meta"]["chosen_is_reference"]
+
+
 def test_judge_stage_on_pairs_with_a_local_model(tmp_path, chat_model):
     pairs = tmp_path / "pairs.jsonl"
     prompt = Prompt(messages=[Message(role="user", content="what is the sum")])

@@ -86,3 +86,18 @@ def test_eval_prompts_cover_every_family():
     prompts = eval_prompts(10, seed=0)
     assert len(prompts) == 60
     assert {p.family for p in prompts} == EXPECTED
+
+
+def test_reference_conversations_answer_their_prompts_and_pass(tmp_path):
+    from posttrain.cli import main
+    from posttrain.curate.pairs import prompt_key, reference_answers
+    from posttrain.data.io import iter_jsonl
+
+    assert main(["tinyworld-data", "--set", "sft_per_family=2", "--set", "eval_per_family=2",
+                 "--set", "train_prompts_per_family=5", "--out", str(tmp_path)]) == 0
+    prompts = [Prompt.model_validate(row) for _, row in iter_jsonl(tmp_path / "prompts.jsonl")]
+    references = [Conversation.model_validate(row) for _, row in iter_jsonl(tmp_path / "references.jsonl")]
+    answers = reference_answers(references)
+    assert len(answers) == len(prompts)
+    for prompt in prompts:  # matched back to its prompt, and the graders pass it
+        assert grade(prompt, answers[prompt_key(prompt.messages)]).score == 1.0, _text(prompt)
