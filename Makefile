@@ -26,7 +26,7 @@ demo: $(STAMP)
 	@echo "report: runs/quickstart/report.html"
 
 # The later stages' claims at scale (rejection sampling vs references, reward-model accuracy, DPO):
-# recipes/tinyworld-study.yaml, about 32 minutes on 2 cores; numbers in the README.
+# recipes/tinyworld-study.yaml, about 35 minutes on 2 cores; numbers in the README.
 study: $(STAMP)
 	$(BIN)/posttrain run recipes/tinyworld-study.yaml --run-dir runs/study
 	@echo "report: runs/study/report.html"
