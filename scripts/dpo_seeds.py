@@ -3,7 +3,7 @@
 Adds `dpo_seed<N>` (the recipe's dpo stage, seed N: another pair and replay order) and its evaluation
 against SFT to the quickstart recipe, runs it in the demo's run directory (every other stage is
 cached), and prints the paired per-family difference from SFT of each seed's DPO model. Run after
-`make demo` (about 80 s per seed on 2 cores):
+`make demo` (about 1.5 minutes per seed on 2 cores):
 
     .venv/bin/python scripts/dpo_seeds.py [--run-dir runs/quickstart] [--seeds 1 2]
 """
