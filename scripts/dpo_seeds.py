@@ -2,7 +2,8 @@
 
 Adds `dpo_seed<N>` (the recipe's dpo stage, seed N: another pair and replay order) and its evaluation
 against SFT to the quickstart recipe, runs it in the demo's run directory (every other stage is
-cached), and prints the paired per-family difference from SFT of each seed's DPO model. Run after
+cached; the run's recipe.yaml and report then include the seed stages), and prints the paired
+per-family difference from SFT of each seed's DPO model. Run after
 `make demo` (about 1.5 minutes per seed on 2 cores):
 
     .venv/bin/python scripts/dpo_seeds.py [--run-dir runs/quickstart] [--seeds 1 2]
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 from pathlib import Path
 
 import yaml
 
 from posttrain.cli import main as posttrain
+from posttrain.recipe.rundir import MANIFEST, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def with_seeds(recipe: dict, seeds: list[int]) -> dict:
 
 
 def paired_row(run_dir: Path, stage: str) -> dict[str, float]:
-    paired = json.loads((run_dir / stage / "manifest.json").read_text())["metrics"]["paired"]
+    paired = read_json(run_dir / stage / MANIFEST)["metrics"]["paired"]
     return {family: entry["diff"] for family, entry in paired["families"].items()}
 
 

@@ -32,7 +32,6 @@ from posttrain.data.similarity import rouge_l_f
 
 OnDrop = Callable[[str, str, dict[str, Any]], None]  # (reason, detail, row)
 RankBy = Literal["score", "reward"]
-REFERENCE = "reference answer"  # the `reason` of a reference added to a completion's responses
 
 
 @dataclass(frozen=True)
@@ -107,20 +106,22 @@ def reference_answers(conversations: list[Conversation]) -> dict[str, list[Messa
 
 
 def with_references(completions: list[Completion], answers: dict[str, list[Message]],
-                    score: float) -> tuple[list[Completion], int]:
+                    score: float) -> tuple[list[Completion], set[str]]:
     """The completions, each with its prompt's reference answer (if any) appended as a response
-    scored `score`; and how many got one."""
-    out, matched = [], 0
+    scored `score`; and the ids of the added responses (a pair's `meta.chosen_id` among them: a
+    reference-chosen pair)."""
+    out, reference_ids = [], set()
     for completion in completions:
         answer = answers.get(prompt_key(completion.prompt.messages))
         if answer is None:
             out.append(completion)
             continue
-        matched += 1
-        reference = Response(index=len(completion.responses), messages=answer, score=score, reason=REFERENCE)
-        responses = [*completion.responses, reference]
-        out.append(Completion(prompt=completion.prompt, responses=responses, meta=completion.meta))
-    return out, matched
+        reference = Response(index=len(completion.responses), messages=answer, score=score, reason="reference answer")
+        joined = Completion(prompt=completion.prompt, responses=[*completion.responses, reference],
+                            meta=completion.meta)
+        reference_ids.add(joined.responses[-1].id)
+        out.append(joined)
+    return out, reference_ids
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -209,8 +210,7 @@ def _filtered_pair(completion: Completion, chosen: tuple[Response, float], rejec
         chosen_reward=_finite(good.reward), rejected_reward=_finite(bad.reward),
         strength=strength_of(gap, options.strength_gaps),
         meta={**completion.meta.model_dump(exclude_none=True), "completion": completion.id, "chosen_id": good.id,
-              "rejected_id": bad.id, "strategy": options.strategy, "gap": gap, "rouge_l": round(similarity, 4),
-              "chosen_is_reference": good.reason == REFERENCE},
+              "rejected_id": bad.id, "strategy": options.strategy, "gap": gap, "rouge_l": round(similarity, 4)},
     )
 
 

@@ -28,7 +28,8 @@ class PairsConfig(StageConfig):
     balance_tags: list[str] = Field(default_factory=list, description="within a family, cap each of these prompt tags' pairs at the rarest one's count (e.g. [unsafe, safe_lookalike])")
     completion_files: list[str] = Field(["completions.jsonl"], description="file names looked up in completion artifacts")
     reference_score: float = Field(1.0, description="the score a reference answer (`references` input) ranks with")
-    reference_files: list[str] = Field(["references.jsonl", "data.jsonl"], description="file names looked up in reference artifacts")
+    reference_files: list[str] = Field(["references.jsonl", "data.jsonl"],
+                                       description="file names looked up in reference artifacts")
 
 
 class Pairs(Stage):
@@ -47,16 +48,17 @@ class Pairs(Stage):
         where = f"stage {ctx.stage_id}"
         files = [find_data_file(p, config.completion_files) for p in ctx.inputs_of("completions")]
         completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, where)
-        counts = {"input_rows": len(completions)}
+        counts, reference_ids = {"input_rows": len(completions)}, set()
         reference_paths = ctx.inputs_of("references", required=False)
         if reference_paths:
             if config.rank_by != "score":
                 raise ValueError(f"{where}: references rank by score; rank_by is {config.rank_by!r}")
             files = [find_data_file(p, config.reference_files) for p in reference_paths]
             references = load_records(files, Conversation, ctx.quarantine, ctx.max_quarantine_share, where)
-            completions, matched = with_references(completions, reference_answers(references), config.reference_score)
+            completions, reference_ids = with_references(completions, reference_answers(references),
+                                                         config.reference_score)
             counts.update(input_rows=len(completions) + len(references), references=len(references),
-                          prompts_with_reference=matched)
+                          prompts_with_reference=len(reference_ids))
         options = PairOptions(strategy=config.strategy, rank_by=config.rank_by, min_gap=config.min_gap,
                               max_similarity=config.max_similarity, strength_gaps=config.strength_gaps, seed=ctx.seed)
         on_drop = lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)  # noqa: E731
@@ -70,7 +72,7 @@ class Pairs(Stage):
         strengths = Counter(p.strength for p in pairs)
         families = Counter(p.prompt.family or "unknown" for p in pairs)
         from_reference = Counter(p.prompt.family or "unknown" for p in pairs
-                                 if p.meta.chosen_is_reference)  # type: ignore[attr-defined]
+                                 if p.meta.chosen_id in reference_ids)  # type: ignore[attr-defined]
         gaps = [p.meta.gap for p in pairs]  # type: ignore[attr-defined]
         return StageResult(
             counts={**counts, "pairs": len(pairs)},

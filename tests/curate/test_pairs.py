@@ -117,15 +117,15 @@ def test_references_pair_against_failing_samples_and_yield_to_passing_ones():
     answers = reference_answers(references)
     all_fail, one_passes = completion([0.0, 0.5, 0.0, 0.25]), completion([0.0, 1.0, 0.0, 0.25], prompt=other)
     unmatched = completion([0.0, 0.0, 0.0, 0.0], prompt=Prompt(messages=[Message(role="user", content="Hi")]))
-    joined, matched = with_references([all_fail, one_passes, unmatched], answers, score=1.0)
-    assert matched == 2 and joined[2] == unmatched
+    joined, reference_ids = with_references([all_fail, one_passes, unmatched], answers, score=1.0)
+    assert reference_ids == {joined[0].responses[-1].id, joined[1].responses[-1].id} and joined[2] == unmatched
     assert joined[0].id == all_fail.id and len(joined[0].responses) == 5
     (ref_pair, sample_pair), drops = run(joined)
     # All samples fail: the reference (scored 1.0) against the worst sample (the last 0.0 in order).
     assert ref_pair.chosen[0].content == "It is 5, two plus three." and ref_pair.rejected[0].content == TEXTS[2]
-    assert ref_pair.meta.chosen_is_reference and ref_pair.chosen_score == 1.0 and ref_pair.meta.gap == 1.0
+    assert ref_pair.meta.chosen_id in reference_ids and ref_pair.chosen_score == 1.0 and ref_pair.meta.gap == 1.0
     # A passing sample ties with the reference and sorts first: the sample stays the chosen answer.
-    assert sample_pair.chosen[0].content == TEXTS[1] and not sample_pair.meta.chosen_is_reference
+    assert sample_pair.chosen[0].content == TEXTS[1] and sample_pair.meta.chosen_id not in reference_ids
     assert [d[0] for d in drops] == ["no_score_difference"]  # the unmatched prompt, as before
 
 

@@ -161,8 +161,8 @@ def test_pairs_stage_with_references_pairs_all_failing_prompts(tmp_path):
     assert m["metrics"]["reference_chosen"] == {"math": 1}
     by_prompt = {p["prompt"]["messages"][0]["content"]: p for p in rows(out / "pairs.jsonl")}
     assert by_prompt["question 1"]["chosen"][0]["content"] == "It is 19."
-    assert by_prompt["question 1"]["chosen_score"] == 0.8 and by_prompt["question 1"]["meta"]["chosen_is_reference"]
-    assert not by_prompt["question 0"]["meta"]["chosen_is_reference"]
+    assert by_prompt["question 1"]["chosen_score"] == 0.8 and by_prompt["question 1"]["rejected_score"] == 0.5
+    assert by_prompt["question 0"]["chosen"][0]["content"] == "The answer is 19."  # no reference: as before
 
 
 def test_judge_stage_on_pairs_with_a_local_model(tmp_path, chat_model):
