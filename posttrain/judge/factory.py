@@ -4,6 +4,9 @@
     scorer: {type: reward_model, path: runs/x/rm/model}     a trained reward model (or the stage's reward_model input)
     scorer: {type: llm_judge, backend: {type: openai, base_url: ..., model: ...}}   1-10 grading by an LLM
     scorer: [{type: reward_model, weight: 1.0}, {type: grader, weight: 2.0}]        sum of weight * score
+    scorer: [{type: reward_model, path: A, options: {normalize: true}},
+             {type: reward_model, path: B, options: {normalize: true}}]              an ensemble of reward models,
+                                                                                     each on its recorded scale
 
 Importing this module is cheap (pydantic only); reward models and judge backends are imported when built.
 """

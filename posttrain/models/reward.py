@@ -32,6 +32,9 @@ from posttrain.models.runtime import default_dtype
 HEAD_CONFIG_KEY = "posttrain_reward_head"
 # Longest sequence the model was trained on; longer ones are cut from the left when scored, as in training.
 MAX_TOKENS_CONFIG_KEY = "posttrain_reward_max_tokens"
+# Mean and standard deviation of the combined reward over responses of the training data, written by the
+# reward_model stage: scorers can put several reward models on one scale (ensembles, RM + graders).
+SCALE_CONFIG_KEY = "posttrain_reward_scale"
 
 # Nemotron-4 340B Reward / HelpSteer2 (Wang et al. 2024): reward = 0.3 helpfulness + 0.74 correctness
 # + 0.46 coherence + 0.47 complexity - 0.33 verbosity.
@@ -170,6 +173,28 @@ def save_reward_model(model: nn.Module, tokenizer: Any, out_dir: Path | str, *,
     config.architectures = [type(base).__name__]
     state = state_dict if state_dict is not None else base.state_dict()
     return save_state_dict_as_hf(state, config, tokenizer, out_dir)
+
+
+def reward_scale_of(config: Any) -> tuple[float, float]:
+    """(mean, std) of a reward model's combined reward over its training responses, from its config."""
+    scale = getattr(config, SCALE_CONFIG_KEY, None)
+    if not scale:
+        raise ValueError(f"the reward model config has no {SCALE_CONFIG_KEY} (mean and std of its rewards): "
+                         "it was trained before posttrain recorded them; retrain it with the reward_model stage")
+    return float(scale["mean"]), float(scale["std"])
+
+
+def record_reward_scale(model_dir: Path | str, rewards: torch.Tensor) -> dict[str, float]:
+    """Write the mean and std of `rewards` (one per response) into a saved reward model's config."""
+    from transformers import AutoConfig
+
+    if rewards.numel() < 2:
+        raise ValueError(f"a reward scale needs at least 2 rewards, got {rewards.numel()}")
+    scale = {"mean": float(rewards.mean()), "std": max(float(rewards.std()), 1e-6), "n": int(rewards.numel())}
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    setattr(config, SCALE_CONFIG_KEY, scale)
+    config.save_pretrained(str(model_dir))
+    return scale
 
 
 def max_tokens_of(model: nn.Module) -> int | None:

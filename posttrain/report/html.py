@@ -159,6 +159,52 @@ def _paired_section(views: list[StageView]) -> str:
             f"<table><tr><th>evaluation</th><th>minus</th>{head}</tr>{body}</table></section>")
 
 
+def _reward_rows(views: list[StageView]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, evaluation) for every reward model stage that was evaluated, then its ensemble if any."""
+    rows = []
+    for view in views:
+        metrics = view.manifest.get("metrics", {})
+        if isinstance(metrics.get("reward_accuracy"), dict):
+            rows.append((view.label, metrics))
+            ensemble = metrics.get("ensemble")
+            if isinstance(ensemble, dict) and isinstance(ensemble.get("reward_accuracy"), dict):
+                rows.append((f"{view.label} + {len(ensemble.get('members', [])) - 1} (ensemble)", ensemble))
+    return rows
+
+
+def _reward_section(views: list[StageView]) -> str:
+    """Reward models: held-out pairwise accuracy per family and per RewardBench category, best-of-N gain."""
+    rows = _reward_rows(views)
+    if not rows:
+        return ""
+
+    def accuracy_table(key: str) -> str:
+        columns = sorted({c for _, m in rows for c in m.get(key) or {}})
+        head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+        body = "".join(f"<tr><th>{escape(label)}</th>" + "".join(
+            f"<td>{_interval((m.get(key) or {}).get(c))}</td>" for c in columns) + "</tr>" for label, m in rows)
+        return f"<table><tr><th>reward model</th>{head}</tr>{body}</table>"
+
+    families = sorted({f for _, m in rows for f in m.get("best_of_n") or {}})
+    gains = []
+    for label, m in rows:
+        for n in sorted({n for table in (m.get("best_of_n") or {}).values() for n in table}, key=int):
+            cells = "".join(f"<td>{_gain((m['best_of_n'].get(f) or {}).get(n))}</td>" for f in families)
+            gains.append(f"<tr><th>{escape(label)}</th><td>{escape(n)}</td>{cells}</tr>")
+    head = "".join(f"<th>{escape(f)}</th>" for f in families)
+    return ("<section><h2>reward models: held-out pairwise accuracy (ties count as wrong; 95% intervals)</h2>"
+            f"{accuracy_table('reward_accuracy')}<h3>by RewardBench category</h3>"
+            f"{accuracy_table('reward_accuracy_by_category')}"
+            "<h3>best-of-N gain (grader score of the reward model's pick minus the mean score)</h3>"
+            f"<table><tr><th>reward model</th><th>N</th>{head}</tr>{''.join(gains)}</table></section>")
+
+
+def _gain(entry: dict[str, Any] | None) -> str:
+    if not isinstance(entry, dict) or not _is_num(entry.get("gain")):
+        return "-"
+    return escape(f"{entry['gain']:+.3f} ({entry.get('n_prompts', '?')} prompts)")
+
+
 def _model_path(bound: dict[str, Any]) -> str:
     return str(Path(str(bound.get("path", ""))).resolve())
 
@@ -217,6 +263,7 @@ def render_report(run_dir: str | Path) -> Path:
         _scores_section(views),
         _paired_section(views),
         _merge_sections(views),
+        _reward_section(views),
         *(_stage_section(view, rows) for view in views),
         f"<section><h2>recipe (resolved)</h2><pre>{escape(recipe_text)}</pre></section>",
         "</body></html>",

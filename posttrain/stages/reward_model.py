@@ -8,7 +8,10 @@ pointwise regulariser). Pairs whose two answers are near-identical (ROUGE-L F at
 
 With `policy` and `prompts` bound, the trained model is evaluated: `eval.samples` replies per held-out
 prompt from the policy, graded by the tiny world's graders; pairwise accuracy on (passing, failing)
-pairs per family and per RewardBench category, and best-of-N gain for each N in `eval.ns`.
+pairs per family and per RewardBench category, and best-of-N gain for each N in `eval.ns`. Bound to
+other reward model directories, `ensemble` adds the same measures for the sum of this model and those,
+each normalised by the mean and std of its reward over its training responses (the stage records them
+in the saved config: `normalize` in the reward-model scorer uses them).
 """
 from __future__ import annotations
 
@@ -114,9 +117,9 @@ class RewardModelConfig(TrainConfig):
 
 class RewardModel(Stage):
     kind = "reward_model"
-    version = 2
+    version = 3
     Config = RewardModelConfig
-    inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False}
+    inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False, "ensemble": False}
     description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
                    "pointwise and grading regularisers) and measure its held-out accuracy and best-of-N gain.")
 
@@ -143,10 +146,28 @@ class RewardModel(Stage):
         counts.update(groups=summary["groups"], pairs=summary["pairs"], steps=summary["steps"],
                       skipped_steps=summary["skipped_steps"])
         metrics = {"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
-                   "head": head.as_config(), "loss": config.loss}
+                   "head": head.as_config(), "loss": config.loss,
+                   "reward_scale": _record_scale(ctx.out_dir / "model", groups)}
         if ctx.inputs.get("policy") and ctx.inputs.get("prompts"):
             metrics.update(_evaluate(config, ctx, ctx.out_dir / "model"))
         return StageResult(counts=counts, metrics=metrics, outputs=summary["outputs"])
+
+
+SCALE_RESPONSES = 1024  # training responses the recorded reward scale is measured on
+
+
+def _record_scale(reward_dir, groups, limit: int = SCALE_RESPONSES) -> dict[str, float]:
+    """Mean and std of the trained model's reward over up to `limit` training responses (evenly spread),
+    written into its config so that scorers can normalise it (ensembles; reward model + graders)."""
+    from posttrain.judge.reward_scorer import RewardModelScorer
+    from posttrain.models.reward import record_reward_scale
+
+    sequences = [s for g in groups for s in g.sequences]
+    picked = [sequences[i * len(sequences) // limit] for i in range(limit)] if len(sequences) > limit else sequences
+    scorer = RewardModelScorer(reward_dir)
+    rewards = scorer.head.combine(scorer.outputs_of_ids(picked))
+    del scorer
+    return record_reward_scale(reward_dir, rewards)
 
 
 def _response_text(messages) -> str:
@@ -253,10 +274,13 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
         greedy = generate_chat(generator, tokenizer, [(p.messages, p.tools) for p in prompts],
                                SamplingParams(max_new_tokens=ev.max_new_tokens), template=template,
                                tool_hook=execute_tool_call, max_tool_rounds=2)
-    scorer = RewardModelScorer(reward_dir)
-    result = evaluate_reward_model(scorer, TinyWorldGrader(), prompts, samples, ns=ev.ns, greedy=greedy,
-                                   category_of=REWARDBENCH_CATEGORIES, pairs_per_prompt=ev.pairs_per_prompt,
-                                   seed=config.seed)
+    def evaluate(scorer):
+        return evaluate_reward_model(scorer, TinyWorldGrader(), prompts, samples, ns=ev.ns, greedy=greedy,
+                                     category_of=REWARDBENCH_CATEGORIES, pairs_per_prompt=ev.pairs_per_prompt,
+                                     seed=config.seed)
+
+    result = evaluate(RewardModelScorer(reward_dir))
+    ensemble = _evaluate_ensemble(ctx, reward_dir, evaluate) if ctx.inputs.get("ensemble") else {}
     rows = []
     for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
         responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
@@ -269,4 +293,20 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
     ctx.log_metrics({f"reward_accuracy/{name}": entry["score"] for name, entry in result.accuracy.items()})
     return {"reward_accuracy": result.accuracy, "reward_accuracy_by_category": result.category_accuracy,
             "best_of_n": result.best_of_n, "sample_pass_rates": result.pass_rates,
-            "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples}
+            "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples, **ensemble}
+
+
+def _evaluate_ensemble(ctx: StageContext, reward_dir, evaluate) -> dict:
+    """The same samples ranked by this model plus the `ensemble` inputs' reward models, each normalised by its
+    recorded scale and summed (an ensemble of independently trained reward models ranks better than any one)."""
+    from posttrain.judge.reward_scorer import RewardModelScorer
+    from posttrain.judge.scorer import WeightedScorer
+    from posttrain.stages.artifacts import model_dir
+
+    members = [reward_dir, *(model_dir(p) for p in ctx.inputs_of("ensemble"))]
+    scorer = WeightedScorer([(RewardModelScorer(m, normalize=True, name=f"rm{i}"), 1.0) for i, m in enumerate(members)],
+                            name="ensemble")
+    result = evaluate(scorer)
+    ctx.log_metrics({f"ensemble_reward_accuracy/{name}": entry["score"] for name, entry in result.accuracy.items()})
+    return {"ensemble": {"members": [str(m) for m in members], "reward_accuracy": result.accuracy,
+                         "reward_accuracy_by_category": result.category_accuracy, "best_of_n": result.best_of_n}}

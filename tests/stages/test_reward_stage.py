@@ -74,6 +74,24 @@ def test_reward_model_stage_trains_filters_and_evaluates(tmp_path, chat_model, w
                                      for s in samples for r in s["responses"])
     hf = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True)
     assert hf.config.num_labels == 1
+    # The reward's mean and std over the training responses are recorded for normalising scorers.
+    scale = hf.config.posttrain_reward_scale
+    assert scale == metrics["reward_scale"] and scale["n"] == 2 * counts["kept_pairs"] + 12 and scale["std"] > 0
+
+    # Ensembled with itself, a model ranks exactly as it does alone (the sum of two equal z-scores).
+    twin = tmp_path / "twin"
+    assert main(args[:-2] + ["--input", f"ensemble={out}", "--out", str(twin)]) == 0
+    twin_metrics = manifest(twin)["metrics"]
+    assert twin_metrics["reward_scale"] == scale  # same seed, same data: the same model
+    ensemble = twin_metrics["ensemble"]
+    assert ensemble["members"] == [str(twin / "model"), str(out / "model")]
+    assert ensemble["reward_accuracy"] == twin_metrics["reward_accuracy"]
+    assert ensemble["best_of_n"] == twin_metrics["best_of_n"]
+    html = (twin / "report.html").read_text()  # the report tables both: accuracy per family and best-of-N gain
+    assert "reward models: held-out pairwise accuracy" in html
+    # Rows of the accuracy tables (per family, per category) and one per N of the gain table, for both.
+    assert html.count("<th>reward_model</th>") == 2 + 3 and html.count("<th>reward_model + 1 (ensemble)</th>") == 2 + 3
+    assert html.count("+0.000 (1 prompts)") >= 2 * 3  # best of 1 is the mean: gain 0 in every family, both rows
 
 
 def test_groups_without_a_pair_train_only_under_the_pointwise_term(tmp_path, chat_model, world):
