@@ -184,17 +184,20 @@ def reward_scale_of(config: Any) -> tuple[float, float]:
     return float(scale["mean"]), float(scale["std"])
 
 
-def record_reward_scale(model_dir: Path | str, rewards: torch.Tensor) -> dict[str, float]:
-    """Write the mean and std of `rewards` (one per response) into a saved reward model's config."""
-    from transformers import AutoConfig
-
+def reward_scale(rewards: torch.Tensor) -> dict[str, float]:
+    """{"mean", "std" (sample std, at least 1e-6), "n"} of rewards, one per response."""
     if rewards.numel() < 2:
         raise ValueError(f"a reward scale needs at least 2 rewards, got {rewards.numel()}")
-    scale = {"mean": float(rewards.mean()), "std": max(float(rewards.std()), 1e-6), "n": int(rewards.numel())}
+    return {"mean": float(rewards.mean()), "std": max(float(rewards.std()), 1e-6), "n": int(rewards.numel())}
+
+
+def record_reward_scale(model_dir: Path | str, scale: dict[str, float]) -> None:
+    """Write a scale (from `reward_scale`) into a saved reward model's config."""
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     setattr(config, SCALE_CONFIG_KEY, scale)
     config.save_pretrained(str(model_dir))
-    return scale
 
 
 def max_tokens_of(model: nn.Module) -> int | None:

@@ -160,14 +160,19 @@ def _record_scale(reward_dir, groups, limit: int = SCALE_RESPONSES) -> dict[str,
     """Mean and std of the trained model's reward over up to `limit` training responses (evenly spread),
     written into its config so that scorers can normalise it (ensembles; reward model + graders)."""
     from posttrain.judge.reward_scorer import RewardModelScorer
-    from posttrain.models.reward import record_reward_scale
+    from posttrain.models.reward import record_reward_scale, reward_scale
+    from posttrain.train.distributed import barrier, init_distributed
 
     sequences = [s for g in groups for s in g.sequences]
     picked = [sequences[i * len(sequences) // limit] for i in range(limit)] if len(sequences) > limit else sequences
-    scorer = RewardModelScorer(reward_dir)
-    rewards = scorer.head.combine(scorer.outputs_of_ids(picked))
+    dist = init_distributed()
+    scorer = RewardModelScorer(reward_dir, device=dist.device)
+    scale = reward_scale(scorer.head.combine(scorer.outputs_of_ids(picked)))
     del scorer
-    return record_reward_scale(reward_dir, rewards)
+    if dist.is_main:  # every rank measures the same scale; one writes it
+        record_reward_scale(reward_dir, scale)
+    barrier(dist)
+    return scale
 
 
 def _response_text(messages) -> str:

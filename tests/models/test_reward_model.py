@@ -126,7 +126,7 @@ def test_reward_model_scorer_batches_and_weights(tmp_path, chat_model):
 
 def test_normalized_scorer_uses_the_recorded_scale(tmp_path, chat_model):
     from posttrain.judge.reward_scorer import RewardModelScorer
-    from posttrain.models.reward import SCALE_CONFIG_KEY, record_reward_scale
+    from posttrain.models.reward import SCALE_CONFIG_KEY, record_reward_scale, reward_scale
 
     model, tokenizer = reward_model_from_causal_lm(chat_model, RewardHead(), seed=0)
     path = save_reward_model(model, tokenizer, tmp_path / "rm")
@@ -134,10 +134,11 @@ def test_normalized_scorer_uses_the_recorded_scale(tmp_path, chat_model):
     responses = [c[1:] for c in chats()]
     with pytest.raises(ValueError, match=SCALE_CONFIG_KEY):
         RewardModelScorer(path, normalize=True)  # trained before scales were recorded: say so, do not guess
-    scale = record_reward_scale(path, torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    scale = reward_scale(torch.tensor([1.0, 2.0, 3.0, 6.0]))
     assert scale == {"mean": 3.0, "std": pytest.approx(2.160247, abs=1e-6), "n": 4}  # sample std of 1, 2, 3, 6
+    record_reward_scale(path, scale)
     raw = [s.value for s in RewardModelScorer(path).score(prompts, responses)]
     normalized = [s.value for s in RewardModelScorer(path, normalize=True).score(prompts, responses)]
     assert normalized == pytest.approx([(r - 3.0) / scale["std"] for r in raw], abs=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
-        record_reward_scale(path, torch.tensor([1.0]))
+        reward_scale(torch.tensor([1.0]))
