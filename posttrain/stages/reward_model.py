@@ -124,10 +124,14 @@ class RewardModel(Stage):
                    "pointwise and grading regularisers) and measure its held-out accuracy and best-of-N gain.")
 
     def run(self, config: RewardModelConfig, ctx: StageContext) -> StageResult:
+        import gc
+
+        from posttrain.judge.reward_scorer import RewardModelScorer
         from posttrain.losses.reward import RewardLossSettings
         from posttrain.models.reward import RewardHead, reward_model_from_causal_lm
         from posttrain.models.runtime import set_cpu_threads
         from posttrain.stages.artifacts import model_dir
+        from posttrain.train.distributed import init_distributed
         from posttrain.train.reward import RewardLoss, run_reward_training
 
         set_cpu_threads()
@@ -145,30 +149,31 @@ class RewardModel(Stage):
                                       log_fn=ctx.log_metrics)
         counts.update(groups=summary["groups"], pairs=summary["pairs"], steps=summary["steps"],
                       skipped_steps=summary["skipped_steps"])
+        del model  # trained and saved: the saved model is loaded once (whole, also after FSDP2) to score
+        gc.collect()
+        reward_dir = ctx.out_dir / "model"
+        dist = init_distributed()
+        scorer = RewardModelScorer(reward_dir, device=dist.device)
+        scale = _record_scale(scorer, reward_dir, groups, dist)
         metrics = {"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
-                   "head": head.as_config(), "loss": config.loss,
-                   "reward_scale": _record_scale(ctx.out_dir / "model", groups)}
+                   "head": head.as_config(), "loss": config.loss, "reward_scale": scale}
         if ctx.inputs.get("policy") and ctx.inputs.get("prompts"):
-            metrics.update(_evaluate(config, ctx, ctx.out_dir / "model"))
+            metrics.update(_evaluate(config, ctx, scorer, scale))
         return StageResult(counts=counts, metrics=metrics, outputs=summary["outputs"])
 
 
 SCALE_RESPONSES = 1024  # training responses the recorded reward scale is measured on
 
 
-def _record_scale(reward_dir, groups, limit: int = SCALE_RESPONSES) -> dict[str, float]:
-    """Mean and std of the trained model's reward over up to `limit` training responses (evenly spread),
-    written into its config so that scorers can normalise it (ensembles; reward model + graders)."""
-    from posttrain.judge.reward_scorer import RewardModelScorer
+def _record_scale(scorer, reward_dir, groups, dist, limit: int = SCALE_RESPONSES) -> dict[str, float]:
+    """Mean and std of the trained model's reward (`scorer`, unnormalised) over up to `limit` training
+    responses (evenly spread), written into its saved config so that scorers can normalise it."""
     from posttrain.models.reward import record_reward_scale, reward_scale
-    from posttrain.train.distributed import barrier, init_distributed
+    from posttrain.train.distributed import barrier
 
     sequences = [s for g in groups for s in g.sequences]
     picked = [sequences[i * len(sequences) // limit] for i in range(limit)] if len(sequences) > limit else sequences
-    dist = init_distributed()
-    scorer = RewardModelScorer(reward_dir, device=dist.device)
     scale = reward_scale(scorer.head.combine(scorer.outputs_of_ids(picked)))
-    del scorer
     if dist.is_main:  # every rank measures the same scale; one writes it
         record_reward_scale(reward_dir, scale)
     barrier(dist)
@@ -249,8 +254,8 @@ def _has_something_to_learn(completion, pointwise_alpha: float, ctx: StageContex
     return False
 
 
-def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
-    """Sample from the policy on held-out prompts; accuracy and best-of-N of the saved reward model."""
+def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[str, float]) -> dict:
+    """Sample from the policy on held-out prompts; accuracy and best-of-N of the trained reward model (`scorer`)."""
     from posttrain.data.chat_templates import detect_template, end_of_turn_ids
     from posttrain.data.io import load_records, write_records
     from posttrain.data.records import Completion, Prompt, Response, first_per_family
@@ -258,7 +263,6 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
     from posttrain.generate.base import SamplingParams
     from posttrain.generate.chat import generate_chat
     from posttrain.generate.hf import HFGenerator
-    from posttrain.judge.reward_scorer import RewardModelScorer
     from posttrain.models.loading import load_causal_lm
     from posttrain.stages.artifacts import data_file, model_dir
     from posttrain.tinyworld.world import TinyWorldGrader, execute_tool_call
@@ -284,8 +288,8 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
                                      category_of=REWARDBENCH_CATEGORIES, pairs_per_prompt=ev.pairs_per_prompt,
                                      seed=config.seed)
 
-    result = evaluate(RewardModelScorer(reward_dir))
-    ensemble = _evaluate_ensemble(ctx, reward_dir, evaluate) if ctx.inputs.get("ensemble") else {}
+    result = evaluate(scorer)
+    ensemble = _evaluate_ensemble(ctx, scorer.rescaled(scale), evaluate) if ctx.inputs.get("ensemble") else {}
     rows = []
     for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
         responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
@@ -301,17 +305,18 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, reward_dir) -> dict:
             "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples, **ensemble}
 
 
-def _evaluate_ensemble(ctx: StageContext, reward_dir, evaluate) -> dict:
-    """The same samples ranked by this model plus the `ensemble` inputs' reward models, each normalised by its
-    recorded scale and summed (an ensemble of independently trained reward models ranks better than any one)."""
+def _evaluate_ensemble(ctx: StageContext, scorer, evaluate) -> dict:
+    """The same samples ranked by this model (`scorer`, normalised) plus the `ensemble` inputs' reward models, each
+    normalised by its recorded scale, summed (independently trained reward models rank better together)."""
     from posttrain.judge.reward_scorer import RewardModelScorer
     from posttrain.judge.scorer import WeightedScorer
     from posttrain.stages.artifacts import model_dir
 
-    members = [reward_dir, *(model_dir(p) for p in ctx.inputs_of("ensemble"))]
-    scorer = WeightedScorer([(RewardModelScorer(m, normalize=True, name=f"rm{i}"), 1.0) for i, m in enumerate(members)],
-                            name="ensemble")
-    result = evaluate(scorer)
+    others = [model_dir(p) for p in ctx.inputs_of("ensemble")]
+    members = [ctx.out_dir / "model", *others]
+    ensemble = WeightedScorer([(scorer, 1.0), *((RewardModelScorer(m, normalize=True, name=f"rm{i}"), 1.0)
+                                                for i, m in enumerate(others, start=1))], name="ensemble")
+    result = evaluate(ensemble)
     ctx.log_metrics({f"ensemble_reward_accuracy/{name}": entry["score"] for name, entry in result.accuracy.items()})
     return {"ensemble": {"members": [str(m) for m in members], "reward_accuracy": result.accuracy,
                          "reward_accuracy_by_category": result.category_accuracy, "best_of_n": result.best_of_n}}
