@@ -6,6 +6,10 @@ its reason in dropped.jsonl, and writes pairs.jsonl with both scores and a prefe
 An optional `references` input (conversations: a prompt and its reference answer, e.g. the tiny
 world's references.jsonl) joins each matching prompt's responses with `reference_score`, so prompts
 whose samples all fail pair the reference against their worst sample.
+With `perturb: K`, each prompt's first passing response is also paired against up to K small edits of
+it that the grader fails (`posttrain.curate.perturb`: a word's case, a comma, a number, a dropped
+sentence, a swapped word or answer, quotes, bullets): pairs that differ in one graded fault. Those
+pairs skip the ROUGE-L filter (their near-identity is the point) and carry `meta.strategy: perturbed`.
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ class PairsConfig(StageConfig):
     reference_score: float = Field(1.0, description="the score a reference answer (`references` input) ranks with")
     reference_files: list[str] = Field(["references.jsonl", "data.jsonl"],
                                        description="file names looked up in reference artifacts")
+    perturb: int = Field(0, ge=0, description="per prompt, pair its first passing response against up to this many "
+                                              "small edits of it that the grader fails (0 = none)")
+    perturb_edits: list[str] | None = Field(None, description="edit kinds to try (None = all; see posttrain.curate.perturb)")
+    grader: Literal["tinyworld"] = Field("tinyworld", description="grades the edits of `perturb`")
 
 
 class Pairs(Stage):
@@ -66,6 +74,8 @@ class Pairs(Stage):
         for pair in build_pairs(completions, options, on_drop):
             pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
             pairs.append(pair)
+        if config.perturb:
+            pairs.extend(_perturbed(completions, config, ctx))
         if config.balance_tags:
             pairs = balance_tags(pairs, config.balance_tags, ctx.seed, on_drop)
         write_records(ctx.out_dir / "pairs.jsonl", pairs)
@@ -74,10 +84,25 @@ class Pairs(Stage):
         from_reference = Counter(p.prompt.family or "unknown" for p in pairs
                                  if p.meta.chosen_id in reference_ids)  # type: ignore[attr-defined]
         gaps = [p.meta.gap for p in pairs]  # type: ignore[attr-defined]
+        edits = Counter(p.meta.edit for p in pairs if getattr(p.meta, "strategy", None) == "perturbed")  # type: ignore[attr-defined]
         return StageResult(
             counts={**counts, "pairs": len(pairs)},
             metrics={"strengths": dict(sorted(strengths.items())), "families": dict(sorted(families.items())),
                      "reference_chosen": dict(sorted(from_reference.items())),
+                     "perturbed": dict(sorted(edits.items())),
                      "mean_gap": sum(gaps) / len(gaps) if gaps else 0.0},
             outputs={"pairs": "pairs.jsonl"},
         )
+
+
+def _perturbed(completions, config: PairsConfig, ctx: StageContext) -> list:
+    """The minimal-edit pairs of `perturb` (sampled responses only: a reference answer is not perturbed)."""
+    from posttrain.curate.perturb import EDITS, perturbed_pairs
+    from posttrain.tinyworld.world import TinyWorldGrader
+
+    pairs = []
+    for pair in perturbed_pairs(completions, TinyWorldGrader(), per_response=config.perturb,
+                                edits=config.perturb_edits or tuple(EDITS), seed=ctx.seed):
+        pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
+        pairs.append(pair)
+    return pairs

@@ -4,7 +4,9 @@ Inputs: `model` (the backbone: usually the SFT model), `pairs` (PreferencePair r
 optional edited answer, strength, absolute scores, attributes) and/or `scored` (Completion rows whose
 responses carry absolute scores: every pair of different scores is trained, and the scores feed the
 pointwise regulariser). Pairs whose two answers are near-identical (ROUGE-L F at or above
-`similarity_threshold`, as Llama 3 filters them) are dropped before training and logged.
+`similarity_threshold`, as Llama 3 filters them) are dropped before training and logged; minimal-edit
+pairs (`meta.strategy: perturbed`, from the `pairs` stage's `perturb`) are kept, their near-identity
+being the point.
 
 With `policy` and `prompts` bound, the trained model is evaluated: `eval.samples` replies per held-out
 prompt from the policy, graded by the tiny world's graders; pairwise accuracy on (passing, failing)
@@ -212,7 +214,8 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
     kept = []
     for pair in pairs:
         similarity = rouge_l_f(_response_text(pair.chosen), _response_text(pair.rejected))
-        if config.similarity_threshold is not None and similarity >= config.similarity_threshold:
+        perturbed = getattr(pair.meta, "strategy", None) == "perturbed"
+        if config.similarity_threshold is not None and similarity >= config.similarity_threshold and not perturbed:
             ctx.dropped.add("similar_responses", detail=f"ROUGE-L F {similarity:.3f} >= {config.similarity_threshold}",
                             row={"id": pair.id})
         else:

@@ -17,7 +17,10 @@ FAMILIES = ("math", "safety", "steerability")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """Graded pairs (reference vs corrupted, one an exact copy), scored samples and eval prompts."""
+    """Graded pairs (reference vs corrupted, one an exact copy, one a minimal edit), scored samples and eval
+    prompts."""
+    from posttrain.curate.perturb import edited_messages
+    from posttrain.data.similarity import rouge_l_f
     from posttrain.tinyworld.world import FAMILIES as WORLD
 
     out = tmp_path_factory.mktemp("world")
@@ -34,11 +37,20 @@ def world(tmp_path_factory) -> Path:
             completions.append(Completion(prompt=prompt, responses=[
                 Response(index=0, messages=ref, score=1.0), Response(index=1, messages=bad, score=0.0)]))
     pairs.append(PreferencePair(prompt=pairs[0].prompt, chosen=pairs[0].chosen, rejected=pairs[0].chosen))
+    text = pairs[0].chosen[-1].content
+    edit = edited_messages(pairs[0].chosen, text[:-1] + str((int(text[-1]) + 1) % 10))  # the answer's last digit
+    assert rouge_l_f(text, edit[-1].content) >= 0.9  # near-identical by the filter's measure
+    pairs.append(PreferencePair(prompt=pairs[0].prompt, chosen=pairs[0].chosen, rejected=edit, strength="better",
+                                meta={"strategy": "perturbed", "edit": "move_number"}))
     write_records(out / "pairs.jsonl", pairs)
     write_records(out / "completions.jsonl", completions)
     evals = [p for name in FAMILIES for p in WORLD[name].generate_prompts("eval", 2, 0)]
     write_records(out / "eval.jsonl", evals)
     return out
+
+
+def read_pairs(world: Path) -> list[PreferencePair]:
+    return [PreferencePair.model_validate_json(line) for line in (world / "pairs.jsonl").read_text().splitlines()]
 
 
 def manifest(out: Path) -> dict:
@@ -57,8 +69,11 @@ def test_reward_model_stage_trains_filters_and_evaluates(tmp_path, chat_model, w
     assert main(args) == 0
     m = manifest(out)
     counts = m["counts"]
-    assert counts["input_pairs"] == 7 and counts["input_scored"] == 6
+    assert counts["input_pairs"] == 8 and counts["input_scored"] == 6
     assert counts["dropped_by_reason"]["similar_responses"] >= 1  # the exact copy at least
+    dropped = {json.loads(line).get("row", {}).get("id") for line in (out / "dropped.jsonl").read_text().splitlines()}
+    perturbed = [p for p in read_pairs(world) if getattr(p.meta, "strategy", None) == "perturbed"]
+    assert len(perturbed) == 1 and perturbed[0].id not in dropped  # a minimal edit is kept: its fault is the point
     assert counts["groups"] == counts["kept_pairs"] + 6 and counts["steps"] >= 1
     metrics = m["metrics"]
     assert metrics["loss"] == "margin" and metrics["head"] == {"outputs": ["reward"], "weights": [1.0]}

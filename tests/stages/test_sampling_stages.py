@@ -1,5 +1,6 @@
 """Stages rejection_sampling, generate, pairs and judge through the real CLI, on a tiny random chat model."""
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,33 @@ def test_pairs_stage_with_references_pairs_all_failing_prompts(tmp_path):
     assert by_prompt["question 1"]["chosen"][0]["content"] == "It is 19."
     assert by_prompt["question 1"]["chosen_score"] == 0.8 and by_prompt["question 1"]["rejected_score"] == 0.5
     assert by_prompt["question 0"]["chosen"][0]["content"] == "The answer is 19."  # no reference: as before
+
+
+def test_pairs_stage_perturbs_passing_answers_into_failing_ones(tmp_path):
+    from posttrain.tinyworld.world import FAMILIES, TinyWorldGrader
+
+    completions = []
+    for name in ("instruction_following", "steerability", "tool_use"):
+        family = FAMILIES[name]
+        for prompt in family.generate_prompts("train", 3, 0):
+            good = family.reference_solution(prompt)
+            bad = family.corrupt(prompt, good, random.Random(0))
+            completions.append(Completion(prompt=prompt, responses=[Response(index=0, messages=good, score=1.0),
+                                                                    Response(index=1, messages=bad, score=0.0)]))
+    source = tmp_path / "completions.jsonl"
+    write_records(source, completions)
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--input", f"completions={source}", "--set", "perturb=2", "--out", str(out)]) == 0
+    m = manifest(out)
+    pairs = [PreferencePair.model_validate(p) for p in rows(out / "pairs.jsonl")]
+    perturbed = [p for p in pairs if p.meta.strategy == "perturbed"]
+    # Best vs worst: one per prompt unless near-identical (the corruptions often are), as without `perturb`.
+    assert len(pairs) - len(perturbed) + m["counts"]["dropped_by_reason"]["near_identical"] == 9
+    assert len(perturbed) == 18 and sum(m["metrics"]["perturbed"].values()) == 18  # two per prompt
+    grader = TinyWorldGrader()
+    for pair in perturbed:  # the reference answer against an edit of it that the grader fails
+        assert grader.grade(pair.prompt, pair.chosen).passed and not grader.grade(pair.prompt, pair.rejected).passed
+        assert pair.rejected[:-1] == pair.chosen[:-1] and pair.meta.rejected_reason
 
 
 def test_judge_stage_on_pairs_with_a_local_model(tmp_path, chat_model):

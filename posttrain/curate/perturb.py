@@ -1,0 +1,193 @@
+"""Minimal-edit preference pairs: a passing response against a small edit of it that fails.
+
+Pairs of sampled responses differ in many ways at once, and a small reward model learns whatever
+separates them most cheaply (fluency, length, topic) rather than the property the grader checks. A
+pair whose rejected side is the chosen answer with one small edit (a word's case changed, a comma
+added, a number moved, a sentence dropped, a word swapped, quotes or bullets toggled, or the whole
+answer swapped for one given to another prompt) isolates one fault. The edits know nothing of the
+task: the grader decides which edits break the answer, and only those pair. Self-Taught Evaluators
+(Wang et al. 2024) build rejected answers from the chosen ones in the same spirit (by answering a
+perturbed instruction); contrast sets (Gardner et al. 2020) evaluate with minimal edits.
+
+Every edit acts on the final assistant message's text, is a pure function of (text, rng, pool) and
+returns None where it does not apply (no number to move, a single sentence to drop). `pool` holds
+other passing answers of the same family (for word and answer swaps).
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+
+from posttrain.data.records import Completion, Message, PreferencePair, Response
+from posttrain.data.similarity import rouge_l_f
+from posttrain.judge.grader import Grader
+
+Edit = Callable[[str, random.Random, Sequence[str]], "str | None"]
+
+_WORD = re.compile(r"[A-Za-z]+")
+_NUMBER = re.compile(r"\d+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _replace_span(text: str, span: tuple[int, int], new: str) -> str:
+    return text[:span[0]] + new + text[span[1]:]
+
+
+def flip_case(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """One word's case changed: a word with capitals lower-cased, a lower-case word capitalised."""
+    words = [m for m in _WORD.finditer(text)]
+    if not words:
+        return None
+    word = rng.choice(words)
+    token = word.group()
+    new = token.lower() if any(c.isupper() for c in token) else (token.upper() if rng.random() < 0.5 else token.capitalize())
+    return _replace_span(text, word.span(), new)
+
+
+def add_comma(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """A comma after a word that has no punctuation after it (not the last word)."""
+    spots = [m.end() for m in _WORD.finditer(text) if m.end() < len(text) and text[m.end()] == " "]
+    if not spots:
+        return None
+    at = rng.choice(spots)
+    return text[:at] + "," + text[at:]
+
+
+def move_number(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """One number changed by -2, -1, +1, +2 or +10 (never below zero)."""
+    numbers = list(_NUMBER.finditer(text))
+    if not numbers:
+        return None
+    number = rng.choice(numbers)
+    value = int(number.group())
+    new = max(0, value + rng.choice([-2, -1, 1, 2, 10]))
+    return None if new == value else _replace_span(text, number.span(), str(new))
+
+
+def drop_sentence(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """One sentence (or line) left out, when there are at least two."""
+    parts = [p for p in _SENTENCE.split(text.strip()) if p]
+    if len(parts) < 2:
+        return None
+    del parts[rng.randrange(len(parts))]
+    joiner = "\n" if "\n" in text.strip() else " "
+    return joiner.join(parts)
+
+
+def swap_word(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """A word of three letters or more replaced by a different one from another answer, its case kept."""
+    words = [m for m in _WORD.finditer(text) if len(m.group()) >= 3]
+    donors = sorted({w for other in pool for w in _WORD.findall(other) if len(w) >= 3})
+    if not words or not donors:
+        return None
+    word = rng.choice(words)
+    donor = rng.choice(donors)
+    token = word.group()
+    if donor.lower() == token.lower():
+        return None
+    new = donor.upper() if token.isupper() else donor.capitalize() if token[0].isupper() else donor.lower()
+    return _replace_span(text, word.span(), new)
+
+
+def toggle_quotes(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """Surrounding double quotes removed, or added."""
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        return stripped[1:-1]
+    return f'"{stripped}"'
+
+
+def toggle_bullets(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """A bulleted list joined into one paragraph, or a paragraph turned into one bullet per sentence."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines and all(line.lstrip().startswith(("- ", "* ")) for line in lines):
+        return " ".join(line.lstrip()[2:] for line in lines)
+    parts = [p for p in _SENTENCE.split(text.strip()) if p]
+    return "\n".join(f"- {p}" for p in parts) if parts else None
+
+
+def swap_answer(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
+    """The whole answer replaced by an answer given to another prompt."""
+    others = [other for other in pool if other != text]
+    return rng.choice(others) if others else None
+
+
+EDITS: dict[str, Edit] = {
+    "flip_case": flip_case, "add_comma": add_comma, "move_number": move_number, "drop_sentence": drop_sentence,
+    "swap_word": swap_word, "toggle_quotes": toggle_quotes, "toggle_bullets": toggle_bullets,
+    "swap_answer": swap_answer,
+}
+
+
+def edited_messages(messages: list[Message], text: str) -> list[Message]:
+    """`messages` with the last one's content replaced by `text` (tool round trips before it kept)."""
+    last = messages[-1].model_copy(update={"content": text})
+    return [*messages[:-1], last]
+
+
+def perturbed_pairs(completions: list[Completion], grader: Grader, *, per_response: int = 1,
+                    responses_per_prompt: int = 1, edits: Sequence[str] = tuple(EDITS), tries: int = 3,
+                    pool_size: int = 64, seed: int = 0) -> Iterator[PreferencePair]:
+    """For each prompt, up to `responses_per_prompt` passing responses, each paired against up to
+    `per_response` edits of it that the grader fails (edit kinds tried in a seeded random order, one
+    pair per kind at most, each kind applied up to `tries` times until the grader fails it). `pool` for the swaps: up to `pool_size` passing answers of the same family."""
+    unknown = [name for name in edits if name not in EDITS]
+    if unknown:
+        raise ValueError(f"unknown edit(s) {unknown}; known: {', '.join(EDITS)}")
+    passing: list[tuple[Completion, list[Response]]] = []
+    pools: dict[str, list[str]] = {}
+    for completion in completions:
+        good = [r for r in completion.responses
+                if r.messages and r.messages[-1].content and grader.grade(completion.prompt, r.messages).passed]
+        passing.append((completion, good[:responses_per_prompt]))
+        family_pool = pools.setdefault(completion.prompt.family or "", [])
+        family_pool.extend(r.messages[-1].content for r in good[:1])
+    for family, pool in pools.items():
+        random.Random(f"{seed}:pool:{family}").shuffle(pool)
+        del pool[pool_size:]
+    for completion, good in passing:
+        pool = pools[completion.prompt.family or ""]
+        for response in good:
+            yield from _pairs_of(completion, response, grader, pool, per_response, edits, tries, seed)
+
+
+def _failing_edit(completion: Completion, response: Response, grader: Grader, edit: Edit, rng: random.Random,
+                  pool: Sequence[str], tries: int):
+    """(text, messages, grade) of the first of up to `tries` applications of `edit` that fails; or None."""
+    text = response.messages[-1].content or ""
+    for _ in range(tries):
+        new_text = edit(text, rng, pool)
+        if new_text is None:
+            return None
+        if new_text == text:
+            continue
+        rejected = edited_messages(response.messages, new_text)
+        grade = grader.grade(completion.prompt, rejected)
+        if not grade.passed:
+            return new_text, rejected, grade
+    return None
+
+
+def _pairs_of(completion: Completion, response: Response, grader: Grader, pool: Sequence[str], per_response: int,
+              edits: Sequence[str], tries: int, seed: int) -> Iterator[PreferencePair]:
+    rng = random.Random(f"{seed}:perturb:{response.id}")
+    text = response.messages[-1].content or ""
+    chosen_grade = grader.grade(completion.prompt, response.messages)
+    made = 0
+    for name in rng.sample(list(edits), len(edits)):
+        if made == per_response:
+            return
+        failing = _failing_edit(completion, response, grader, EDITS[name], rng, pool, tries)
+        if failing is None:
+            continue
+        new_text, rejected, grade = failing
+        made += 1
+        yield PreferencePair(
+            prompt=completion.prompt, chosen=response.messages, rejected=rejected,
+            chosen_score=chosen_grade.score, rejected_score=grade.score, strength="significantly_better",
+            meta={**completion.meta.model_dump(exclude_none=True), "completion": completion.id,
+                  "chosen_id": response.id, "strategy": "perturbed", "edit": name,
+                  "gap": chosen_grade.score - grade.score, "rejected_reason": grade.reason,
+                  "rouge_l": round(rouge_l_f(text, new_text), 4)},
+        )
