@@ -1,4 +1,4 @@
-"""Minimal-edit preference pairs: a passing response against a small edit of it that fails.
+"""Minimal-edit preference pairs: a response against a small edit of it that the grader judges otherwise.
 
 Pairs of sampled responses differ in many ways at once, and a small reward model learns whatever
 separates them most cheaply (fluency, length, topic) rather than the property the grader checks. A
@@ -9,6 +9,11 @@ task: the grader decides which edits break the answer, and only those pair. Self
 (Wang et al. 2024) build rejected answers from the chosen ones in the same spirit (by answering a
 perturbed instruction); contrast sets (Gardner et al. 2020) evaluate with minimal edits.
 
+Measured on the tiny world (README, `make study` section): edits that only break teach the edits
+themselves (a bullet, a quote, a capital is "bad" whatever the prompt asks) and cost accuracy; so
+`repair` also edits failing responses until the grader passes them, and balances the two directions
+per family and edit kind, leaving the prompt as the only thing that tells them apart.
+
 Every edit acts on the final assistant message's text, is a pure function of (text, rng, pool) and
 returns None where it does not apply (no number to move, a single sentence to drop). `pool` holds
 other passing answers of the same family (for word and answer swaps).
@@ -17,11 +22,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from posttrain.data.records import Completion, Message, PreferencePair, Response
 from posttrain.data.similarity import rouge_l_f
-from posttrain.judge.grader import Grader
+from posttrain.judge.grader import Grade, Grader
 
 Edit = Callable[[str, random.Random, Sequence[str]], "str | None"]
 
@@ -127,34 +132,66 @@ def edited_messages(messages: list[Message], text: str) -> list[Message]:
 
 
 def perturbed_pairs(completions: list[Completion], grader: Grader, *, per_response: int = 1,
-                    responses_per_prompt: int = 1, edits: Sequence[str] = tuple(EDITS), tries: int = 3,
-                    pool_size: int = 64, seed: int = 0) -> Iterator[PreferencePair]:
-    """For each prompt, up to `responses_per_prompt` passing responses, each paired against up to
-    `per_response` edits of it that the grader fails (edit kinds tried in a seeded random order, one
-    pair per kind at most, each kind applied up to `tries` times until the grader fails it). `pool` for the swaps: up to `pool_size` passing answers of the same family."""
+                    responses_per_prompt: int = 1, edits: Sequence[str] = tuple(EDITS), repair: bool = False,
+                    tries: int = 10, pool_size: int = 64, seed: int = 0) -> list[PreferencePair]:
+    """Minimal-edit pairs, in input order.
+
+    Break: each prompt's first `responses_per_prompt` passing responses, each against up to
+    `per_response` edits of it that the grader fails. Repair (`repair=True`): also its first
+    `responses_per_prompt` failing responses, each paired below up to `per_response` edits of it that
+    the grader passes (answer swaps excepted); then, per (family, edit kind), both directions are cut
+    to the smaller count (a seeded choice). Edit kinds are tried in a seeded random order, one pair
+    per kind and response at most, each kind applied up to `tries` times until the grader's verdict
+    flips. The swaps draw from up to `pool_size` passing answers of the same family.
+    """
     unknown = [name for name in edits if name not in EDITS]
     if unknown:
         raise ValueError(f"unknown edit(s) {unknown}; known: {', '.join(EDITS)}")
-    passing: list[tuple[Completion, list[Response]]] = []
+    graded = [(c, [(r, grader.grade(c.prompt, r.messages)) for r in c.responses
+                   if r.messages and r.messages[-1].content]) for c in completions]
     pools: dict[str, list[str]] = {}
-    for completion in completions:
-        good = [r for r in completion.responses
-                if r.messages and r.messages[-1].content and grader.grade(completion.prompt, r.messages).passed]
-        passing.append((completion, good[:responses_per_prompt]))
-        family_pool = pools.setdefault(completion.prompt.family or "", [])
-        family_pool.extend(r.messages[-1].content for r in good[:1])
+    for completion, responses in graded:
+        first = [r.messages[-1].content for r, grade in responses if grade.passed][:1]
+        pools.setdefault(completion.prompt.family or "", []).extend(first)
     for family, pool in pools.items():
         random.Random(f"{seed}:pool:{family}").shuffle(pool)
         del pool[pool_size:]
-    for completion, good in passing:
+    broken, repaired = [], []
+    repair_edits = [name for name in edits if name != "swap_answer"]
+    for completion, responses in graded:
         pool = pools[completion.prompt.family or ""]
-        for response in good:
-            yield from _pairs_of(completion, response, grader, pool, per_response, edits, tries, seed)
+        for response, grade in [(r, g) for r, g in responses if g.passed][:responses_per_prompt]:
+            broken += _pairs_of(completion, response, grade, grader, pool, per_response, edits, tries, seed)
+        if not repair:
+            continue
+        for response, grade in [(r, g) for r, g in responses if not g.passed][:responses_per_prompt]:
+            repaired += _pairs_of(completion, response, grade, grader, pool, per_response, repair_edits, tries, seed)
+    return _balanced(broken, repaired, seed) if repair else broken
 
 
-def _failing_edit(completion: Completion, response: Response, grader: Grader, edit: Edit, rng: random.Random,
-                  pool: Sequence[str], tries: int):
-    """(text, messages, grade) of the first of up to `tries` applications of `edit` that fails; or None."""
+def _balanced(broken: list[PreferencePair], repaired: list[PreferencePair], seed: int) -> list[PreferencePair]:
+    """Per (family, edit kind), as many break pairs as repair pairs: the smaller count of the two.
+
+    Unbalanced, an edit kind that pairs only as the rejected side (bullets, quotes, a capital) teaches
+    "this edit is bad" whatever the prompt asks; paired as often on the chosen side, only the prompt can
+    tell the two apart.
+    """
+    groups: dict[tuple[str, str], list[list[int]]] = {}
+    for side, pairs in enumerate((broken, repaired)):
+        for index, pair in enumerate(pairs):
+            groups.setdefault((pair.prompt.family or "", pair.meta.edit), [[], []])[side].append(index)  # type: ignore[attr-defined]
+    keep: list[set[int]] = [set(), set()]
+    for (family, edit), sides in sorted(groups.items()):
+        cap = min(len(indices) for indices in sides)
+        for side, indices in enumerate(sides):
+            keep[side].update(random.Random(f"{seed}:balance:{family}:{edit}:{side}").sample(indices, cap))
+    return [p for i, p in enumerate(broken) if i in keep[0]] + [p for i, p in enumerate(repaired) if i in keep[1]]
+
+
+def _flipping_edit(completion: Completion, response: Response, grader: Grader, edit: Edit, rng: random.Random,
+                   pool: Sequence[str], tries: int, passed: bool):
+    """(text, messages, grade) of the first of up to `tries` applications of `edit` whose verdict is not
+    `passed`; or None."""
     text = response.messages[-1].content or ""
     for _ in range(tries):
         new_text = edit(text, rng, pool)
@@ -162,32 +199,34 @@ def _failing_edit(completion: Completion, response: Response, grader: Grader, ed
             return None
         if new_text == text:
             continue
-        rejected = edited_messages(response.messages, new_text)
-        grade = grader.grade(completion.prompt, rejected)
-        if not grade.passed:
-            return new_text, rejected, grade
+        edited = edited_messages(response.messages, new_text)
+        grade = grader.grade(completion.prompt, edited)
+        if grade.passed != passed:
+            return new_text, edited, grade
     return None
 
 
-def _pairs_of(completion: Completion, response: Response, grader: Grader, pool: Sequence[str], per_response: int,
-              edits: Sequence[str], tries: int, seed: int) -> Iterator[PreferencePair]:
+def _pairs_of(completion: Completion, response: Response, grade: Grade, grader: Grader, pool: Sequence[str],
+              per_response: int, edits: Sequence[str], tries: int, seed: int) -> list[PreferencePair]:
+    """Pairs of `response` against up to `per_response` edits of it with the opposite verdict."""
     rng = random.Random(f"{seed}:perturb:{response.id}")
     text = response.messages[-1].content or ""
-    chosen_grade = grader.grade(completion.prompt, response.messages)
-    made = 0
+    pairs = []
     for name in rng.sample(list(edits), len(edits)):
-        if made == per_response:
-            return
-        failing = _failing_edit(completion, response, grader, EDITS[name], rng, pool, tries)
-        if failing is None:
+        if len(pairs) == per_response:
+            break
+        flipped = _flipping_edit(completion, response, grader, EDITS[name], rng, pool, tries, grade.passed)
+        if flipped is None:
             continue
-        new_text, rejected, grade = failing
-        made += 1
-        yield PreferencePair(
-            prompt=completion.prompt, chosen=response.messages, rejected=rejected,
-            chosen_score=chosen_grade.score, rejected_score=grade.score, strength="significantly_better",
+        new_text, edited, new_grade = flipped
+        (good, good_grade), (bad, bad_grade) = sorted([(response.messages, grade), (edited, new_grade)],
+                                                      key=lambda side: not side[1].passed)
+        pairs.append(PreferencePair(
+            prompt=completion.prompt, chosen=good, rejected=bad, chosen_score=good_grade.score,
+            rejected_score=bad_grade.score, strength="significantly_better",
             meta={**completion.meta.model_dump(exclude_none=True), "completion": completion.id,
-                  "chosen_id": response.id, "strategy": "perturbed", "edit": name,
-                  "gap": chosen_grade.score - grade.score, "rejected_reason": grade.reason,
-                  "rouge_l": round(rouge_l_f(text, new_text), 4)},
-        )
+                  "response_id": response.id, "strategy": "perturbed", "edit": name,
+                  "direction": "break" if grade.passed else "repair", "gap": good_grade.score - bad_grade.score,
+                  "rejected_reason": bad_grade.reason, "rouge_l": round(rouge_l_f(text, new_text), 4)},
+        ))
+    return pairs

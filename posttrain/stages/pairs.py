@@ -8,8 +8,10 @@ world's references.jsonl) joins each matching prompt's responses with `reference
 whose samples all fail pair the reference against their worst sample.
 With `perturb: K`, each prompt's first passing response is also paired against up to K small edits of
 it that the grader fails (`posttrain.curate.perturb`: a word's case, a comma, a number, a dropped
-sentence, a swapped word or answer, quotes, bullets): pairs that differ in one graded fault. Those
-pairs skip the ROUGE-L filter (their near-identity is the point) and carry `meta.strategy: perturbed`.
+sentence, a swapped word or answer, quotes, bullets): pairs that differ in one graded fault; with
+`perturb_repair`, failing responses are also edited until they pass, and the two directions balanced.
+Those pairs skip the ROUGE-L filter (their near-identity is the point) and carry
+`meta.strategy: perturbed`.
 """
 from __future__ import annotations
 
@@ -34,8 +36,12 @@ class PairsConfig(StageConfig):
     reference_score: float = Field(1.0, description="the score a reference answer (`references` input) ranks with")
     reference_files: list[str] = Field(["references.jsonl", "data.jsonl"],
                                        description="file names looked up in reference artifacts")
-    perturb: int = Field(0, ge=0, description="per prompt, pair its first passing response against up to this many "
-                                              "small edits of it that the grader fails (0 = none)")
+    perturb: int = Field(0, ge=0, description="per response perturbed, up to this many small edits of it that the grader "
+                                              "judges otherwise, each paired with it (0 = none)")
+    perturb_responses: int = Field(1, ge=1, description="passing (and, with perturb_repair, failing) responses "
+                                                        "perturbed per prompt")
+    perturb_repair: bool = Field(False, description="also edit failing responses until they pass, and balance the two "
+                                                    "directions per family and edit kind")
     perturb_edits: list[str] | None = Field(None, description="edit kinds to try (None = all; see posttrain.curate.perturb)")
     grader: Literal["tinyworld"] = Field("tinyworld", description="grades the edits of `perturb`")
 
@@ -82,9 +88,10 @@ class Pairs(Stage):
         strengths = Counter(p.strength for p in pairs)
         families = Counter(p.prompt.family or "unknown" for p in pairs)
         from_reference = Counter(p.prompt.family or "unknown" for p in pairs
-                                 if p.meta.chosen_id in reference_ids)  # type: ignore[attr-defined]
+                                 if getattr(p.meta, "chosen_id", None) in reference_ids)
         gaps = [p.meta.gap for p in pairs]  # type: ignore[attr-defined]
-        edits = Counter(p.meta.edit for p in pairs if getattr(p.meta, "strategy", None) == "perturbed")  # type: ignore[attr-defined]
+        edits = Counter(f"{p.meta.direction}/{p.meta.edit}" for p in pairs  # type: ignore[attr-defined]
+                        if getattr(p.meta, "strategy", None) == "perturbed")
         return StageResult(
             counts={**counts, "pairs": len(pairs)},
             metrics={"strengths": dict(sorted(strengths.items())), "families": dict(sorted(families.items())),
@@ -102,6 +109,7 @@ def _perturbed(completions, config: PairsConfig, ctx: StageContext) -> list:
 
     pairs = []
     for pair in perturbed_pairs(completions, TinyWorldGrader(), per_response=config.perturb,
+                                responses_per_prompt=config.perturb_responses, repair=config.perturb_repair,
                                 edits=config.perturb_edits or tuple(EDITS), seed=ctx.seed):
         pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
         pairs.append(pair)

@@ -92,7 +92,7 @@ def completions():
 
 
 def test_perturbed_pairs_pair_the_first_passing_answer_with_failing_edits_only():
-    pairs = list(perturbed_pairs(completions(), LowerCaseGrader(), per_response=3, seed=0))
+    pairs = perturbed_pairs(completions(), LowerCaseGrader(), per_response=3, seed=0)
     # Only a case flip or a comma breaks "lower case, no comma" here: a swapped word keeps the case, quotes
     # and bullets keep it, there is one sentence to drop, no number, and no other passing answer to swap in.
     # The all-failing prompt has nothing to perturb.
@@ -104,10 +104,26 @@ def test_perturbed_pairs_pair_the_first_passing_answer_with_failing_edits_only()
         assert (pair.chosen_score, pair.rejected_score) == (1.0, 0.0)
         assert pair.meta.strategy == "perturbed" and pair.meta.edit in EDITS and pair.meta.gap == 1.0
         assert pair.meta.rejected_reason == "upper case or comma"
-    assert len(list(perturbed_pairs(completions(), LowerCaseGrader(), per_response=1, seed=0))) == 1
-    assert pairs == list(perturbed_pairs(completions(), LowerCaseGrader(), per_response=3, seed=0))
+    assert len(perturbed_pairs(completions(), LowerCaseGrader(), per_response=1, seed=0)) == 1
+    assert pairs == perturbed_pairs(completions(), LowerCaseGrader(), per_response=3, seed=0)
+
+
+def test_repairs_pair_an_edited_failing_answer_above_it_and_balance_the_directions():
+    prompt = Prompt(messages=[Message(role="user", content="say it in lower case")], family="if")
+    texts = ["the cat.", "The cat."]  # passes; fails (one capital)
+    completion = Completion(prompt=prompt, responses=[Response(index=i, messages=[Message(role="assistant", content=t)])
+                                                      for i, t in enumerate(texts)])
+    only_breaks = perturbed_pairs([completion], LowerCaseGrader(), per_response=8)
+    assert sorted(p.meta.edit for p in only_breaks) == ["add_comma", "flip_case"]
+    pairs = perturbed_pairs([completion], LowerCaseGrader(), per_response=8, repair=True)
+    # The only repair is lower-casing "The"; a comma has no repair, so its break pair is cut too.
+    assert sorted((p.meta.edit, p.meta.direction) for p in pairs) == [("flip_case", "break"), ("flip_case", "repair")]
+    repaired = next(p for p in pairs if p.meta.direction == "repair")
+    assert (repaired.chosen[0].content, repaired.rejected[0].content) == ("the cat.", "The cat.")
+    assert (repaired.chosen_score, repaired.rejected_score) == (1.0, 0.0)
+    assert repaired.meta.response_id == completion.responses[1].id
 
 
 def test_perturbed_pairs_reject_unknown_edits():
     with pytest.raises(ValueError, match="unknown edit"):
-        list(perturbed_pairs(completions(), LowerCaseGrader(), edits=["shout"]))
+        perturbed_pairs(completions(), LowerCaseGrader(), edits=["shout"])
