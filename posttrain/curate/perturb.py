@@ -2,10 +2,10 @@
 
 Pairs of sampled responses differ in many ways at once, and a small reward model learns whatever
 separates them most cheaply (fluency, length, topic) rather than the property the grader checks. A
-pair whose rejected side is the chosen answer with one small edit (a word's case changed, a comma
-added, a number moved, a sentence dropped, a word swapped, quotes or bullets toggled, or the whole
-answer swapped for one given to another prompt) isolates one fault. The edits know nothing of the
-task: the grader decides which edits break the answer, and only those pair. Self-Taught Evaluators
+pair whose two sides differ by one small edit (a word's case changed, a comma added, a number moved,
+a sentence dropped, a word swapped, quotes or bullets toggled, or the whole answer swapped for one
+given to another prompt) isolates one fault. The edits know nothing of the task: the grader decides
+which edits break a passing answer (or repair a failing one), and only those pair. Self-Taught Evaluators
 (Wang et al. 2024) build rejected answers from the chosen ones in the same spirit (by answering a
 perturbed instruction); contrast sets (Gardner et al. 2020) evaluate with minimal edits.
 
@@ -41,12 +41,15 @@ def _replace_span(text: str, span: tuple[int, int], new: str) -> str:
 
 def flip_case(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
     """One word's case changed: a word with capitals lower-cased, a lower-case word capitalised."""
-    words = [m for m in _WORD.finditer(text)]
+    words = list(_WORD.finditer(text))
     if not words:
         return None
     word = rng.choice(words)
     token = word.group()
-    new = token.lower() if any(c.isupper() for c in token) else (token.upper() if rng.random() < 0.5 else token.capitalize())
+    if any(c.isupper() for c in token):
+        new = token.lower()
+    else:
+        new = token.upper() if rng.random() < 0.5 else token.capitalize()
     return _replace_span(text, word.span(), new)
 
 
@@ -179,7 +182,8 @@ def _balanced(broken: list[PreferencePair], repaired: list[PreferencePair], seed
     groups: dict[tuple[str, str], list[list[int]]] = {}
     for side, pairs in enumerate((broken, repaired)):
         for index, pair in enumerate(pairs):
-            groups.setdefault((pair.prompt.family or "", pair.meta.edit), [[], []])[side].append(index)  # type: ignore[attr-defined]
+            key = (pair.prompt.family or "", pair.meta.edit)  # type: ignore[attr-defined]
+            groups.setdefault(key, [[], []])[side].append(index)
     keep: list[set[int]] = [set(), set()]
     for (family, edit), sides in sorted(groups.items()):
         cap = min(len(indices) for indices in sides)
