@@ -6,8 +6,8 @@ its reason in dropped.jsonl, and writes pairs.jsonl with both scores and a prefe
 An optional `references` input (conversations: a prompt and its reference answer, e.g. the tiny
 world's references.jsonl) joins each matching prompt's responses with `reference_score`, so prompts
 whose samples all fail pair the reference against their worst sample.
-With `perturb: K`, each prompt's first passing response is also paired against up to K small edits of
-it that the grader fails (`posttrain.curate.perturb`: a word's case, a comma, a number, a dropped
+With `perturb: K`, each prompt's first passing sample (first `perturb_responses`) is also paired
+against up to K small edits of it that the grader fails (`posttrain.curate.perturb`: a word's case, a comma, a number, a dropped
 sentence, a swapped word or answer, quotes, bullets): pairs that differ in one graded fault; with
 `perturb_repair`, failing responses are also edited until they pass, and the two directions balanced.
 Those pairs skip the ROUGE-L filter (their near-identity is the point) and carry
@@ -62,6 +62,7 @@ class Pairs(Stage):
         where = f"stage {ctx.stage_id}"
         files = [find_data_file(p, config.completion_files) for p in ctx.inputs_of("completions")]
         completions = load_records(files, Completion, ctx.quarantine, ctx.max_quarantine_share, where)
+        sampled = completions
         counts, reference_ids = {"input_rows": len(completions)}, set()
         reference_paths = ctx.inputs_of("references", required=False)
         if reference_paths:
@@ -81,7 +82,7 @@ class Pairs(Stage):
             pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
             pairs.append(pair)
         if config.perturb:
-            pairs.extend(_perturbed(completions, config, ctx))
+            pairs.extend(_perturbed(sampled, config, ctx))
         if config.balance_tags:
             pairs = balance_tags(pairs, config.balance_tags, ctx.seed, on_drop)
         write_records(ctx.out_dir / "pairs.jsonl", pairs)

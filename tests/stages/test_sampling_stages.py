@@ -8,7 +8,7 @@ import torch
 
 from posttrain.cli import build_parser, main
 from posttrain.data.io import write_records
-from posttrain.data.records import Completion, Message, PreferencePair, Prompt, Response
+from posttrain.data.records import Completion, Conversation, Message, PreferencePair, Prompt, Response
 
 torch.set_num_threads(1)
 
@@ -179,8 +179,12 @@ def test_pairs_stage_perturbs_passing_answers_into_failing_ones(tmp_path):
                                                                     Response(index=1, messages=bad, score=0.0)]))
     source = tmp_path / "completions.jsonl"
     write_records(source, completions)
+    references = tmp_path / "references.jsonl"  # the same answers as references: joined, never perturbed
+    write_records(references, [Conversation(messages=[*c.prompt.messages, *c.responses[0].messages])
+                               for c in completions])
     out = tmp_path / "pairs"
-    assert main(["pairs", "--input", f"completions={source}", "--set", "perturb=2", "--out", str(out)]) == 0
+    assert main(["pairs", "--input", f"completions={source}", "--input", f"references={references}",
+                 "--set", "perturb=2", "--set", "perturb_responses=2", "--out", str(out)]) == 0
     m = manifest(out)
     pairs = [PreferencePair.model_validate(p) for p in rows(out / "pairs.jsonl")]
     perturbed = [p for p in pairs if p.meta.strategy == "perturbed"]
