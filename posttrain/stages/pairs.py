@@ -7,7 +7,7 @@ An optional `references` input (conversations: a prompt and its reference answer
 world's references.jsonl) joins each matching prompt's responses with `reference_score`, so prompts
 whose samples all fail pair the reference against their worst sample.
 With `perturb: K`, each prompt's first passing sample (first `perturb_responses`) is also paired
-against up to K small edits of it that the grader fails (`posttrain.curate.perturb`: a word's case, a comma, a number, a dropped
+against up to K small edits of it that the grader fails (`posttrain.synth.perturb`: a word's case, a comma, a number, a dropped
 sentence, a swapped word or answer, quotes, bullets): pairs that differ in one graded fault; with
 `perturb_repair`, failing responses are also edited until they pass, and the two directions balanced.
 Those pairs skip the ROUGE-L filter (their near-identity is the point) and carry
@@ -42,7 +42,7 @@ class PairsConfig(StageConfig):
                                                         "perturbed per prompt")
     perturb_repair: bool = Field(False, description="also edit failing responses until they pass, and balance the two "
                                                     "directions per family and edit kind")
-    perturb_edits: list[str] | None = Field(None, description="edit kinds to try (None = all; see posttrain.curate.perturb)")
+    perturb_edits: list[str] | None = Field(None, description="edit kinds to try (None = all; see posttrain.synth.perturb)")
     grader: Literal["tinyworld"] = Field("tinyworld", description="grades the edits of `perturb`")
 
 
@@ -105,7 +105,7 @@ class Pairs(Stage):
 
 def _perturbed(completions, config: PairsConfig, ctx: StageContext) -> list:
     """The minimal-edit pairs of `perturb` (sampled responses only: a reference answer is not perturbed)."""
-    from posttrain.curate.perturb import EDITS, perturbed_pairs
+    from posttrain.synth.perturb import EDITS, perturbed_pairs
     from posttrain.tinyworld.world import TinyWorldGrader
 
     pairs = []
