@@ -19,8 +19,8 @@ FAMILIES = ("math", "safety", "steerability")
 def world(tmp_path_factory) -> Path:
     """Graded pairs (reference vs corrupted, one an exact copy, one a minimal edit), scored samples and eval
     prompts."""
-    from posttrain.synth.perturb import edited_messages
     from posttrain.data.similarity import rouge_l_f
+    from posttrain.synth.perturb import edited_messages
     from posttrain.tinyworld.world import FAMILIES as WORLD
 
     out = tmp_path_factory.mktemp("world")

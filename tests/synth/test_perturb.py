@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from posttrain.synth.perturb import (EDITS, add_comma, drop_sentence, edited_messages, flip_case, move_number,
-                                      perturbed_pairs, swap_answer, swap_word, toggle_bullets, toggle_quotes)
 from posttrain.data.records import Completion, FunctionCall, Message, Prompt, Response, ToolCall
 from posttrain.judge.grader import Grade
+from posttrain.synth.perturb import (EDITS, add_comma, drop_sentence, edited_messages, flip_case, move_number,
+                                     perturbed_pairs, swap_answer, swap_word, toggle_bullets, toggle_quotes)
 
 POOL = ["Figs grow in Tessin.", "The sea is deep."]
 
