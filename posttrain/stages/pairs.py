@@ -77,12 +77,11 @@ class Pairs(Stage):
         options = PairOptions(strategy=config.strategy, rank_by=config.rank_by, min_gap=config.min_gap,
                               max_similarity=config.max_similarity, strength_gaps=config.strength_gaps, seed=ctx.seed)
         on_drop = lambda reason, detail, row: ctx.dropped.add(reason, detail=detail, row=row)  # noqa: E731
-        pairs = []
-        for pair in build_pairs(completions, options, on_drop):
-            pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
-            pairs.append(pair)
+        pairs = list(build_pairs(completions, options, on_drop))
         if config.perturb:
-            pairs.extend(_perturbed(sampled, config, ctx))
+            pairs += _perturbed(sampled, config, ctx.seed)
+        for pair in pairs:
+            pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
         if config.balance_tags:
             pairs = balance_tags(pairs, config.balance_tags, ctx.seed, on_drop)
         write_records(ctx.out_dir / "pairs.jsonl", pairs)
@@ -103,15 +102,11 @@ class Pairs(Stage):
         )
 
 
-def _perturbed(completions, config: PairsConfig, ctx: StageContext) -> list:
+def _perturbed(completions, config: PairsConfig, seed: int) -> list:
     """The minimal-edit pairs of `perturb` (sampled responses only: a reference answer is not perturbed)."""
     from posttrain.synth.perturb import EDITS, perturbed_pairs
     from posttrain.tinyworld.world import TinyWorldGrader
 
-    pairs = []
-    for pair in perturbed_pairs(completions, TinyWorldGrader(), per_response=config.perturb,
-                                responses_per_prompt=config.perturb_responses, repair=config.perturb_repair,
-                                edits=config.perturb_edits or tuple(EDITS), seed=ctx.seed):
-        pair.meta.stage, pair.meta.round = ctx.stage_id, ctx.round
-        pairs.append(pair)
-    return pairs
+    return perturbed_pairs(completions, TinyWorldGrader(), per_response=config.perturb,
+                           responses_per_prompt=config.perturb_responses, repair=config.perturb_repair,
+                           edits=config.perturb_edits or tuple(EDITS), seed=seed)

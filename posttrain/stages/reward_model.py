@@ -212,10 +212,13 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
     if not pairs and not completions:
         raise ValueError(f"stage {ctx.stage_id}: no pairs or scored rows to train on (bind `pairs` or `scored`)")
     kept = []
+    filtered = config.similarity_threshold is not None
     for pair in pairs:
+        if not filtered or getattr(pair.meta, "strategy", None) == "perturbed":
+            kept.append(pair)  # minimal edits are near-identical by design: not filtered, not measured
+            continue
         similarity = rouge_l_f(_response_text(pair.chosen), _response_text(pair.rejected))
-        perturbed = getattr(pair.meta, "strategy", None) == "perturbed"
-        if config.similarity_threshold is not None and similarity >= config.similarity_threshold and not perturbed:
+        if similarity >= config.similarity_threshold:
             ctx.dropped.add("similar_responses", detail=f"ROUGE-L F {similarity:.3f} >= {config.similarity_threshold}",
                             row={"id": pair.id})
         else:

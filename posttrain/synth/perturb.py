@@ -20,6 +20,7 @@ other passing answers of the same family (for word and answer swaps).
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -86,7 +87,7 @@ def drop_sentence(text: str, rng: random.Random, pool: Sequence[str]) -> str | N
 def swap_word(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
     """A word of three letters or more replaced by a different one from another answer, its case kept."""
     words = [m for m in _WORD.finditer(text) if len(m.group()) >= 3]
-    donors = sorted({w for other in pool for w in _WORD.findall(other) if len(w) >= 3})
+    donors = _donors(tuple(pool))
     if not words or not donors:
         return None
     word = rng.choice(words)
@@ -96,6 +97,12 @@ def swap_word(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
         return None
     new = donor.upper() if token.isupper() else donor.capitalize() if token[0].isupper() else donor.lower()
     return _replace_span(text, word.span(), new)
+
+
+@functools.lru_cache(maxsize=64)
+def _donors(pool: tuple[str, ...]) -> list[str]:
+    """The words of three letters or more in `pool`, sorted (one family's pool serves many responses)."""
+    return sorted({w for other in pool for w in _WORD.findall(other) if len(w) >= 3})
 
 
 def toggle_quotes(text: str, rng: random.Random, pool: Sequence[str]) -> str | None:
@@ -159,10 +166,11 @@ def perturbed_pairs(completions: list[Completion], grader: Grader, *, per_respon
     for family, pool in pools.items():
         random.Random(f"{seed}:pool:{family}").shuffle(pool)
         del pool[pool_size:]
+    frozen = {family: tuple(pool) for family, pool in pools.items()}  # hashable: swap_word caches its words
     broken, repaired = [], []
     repair_edits = [name for name in edits if name != "swap_answer"]
     for completion, responses in graded:
-        pool = pools[completion.prompt.family or ""]
+        pool = frozen[completion.prompt.family or ""]
         for response, grade in [(r, g) for r, g in responses if g.passed][:responses_per_prompt]:
             broken += _pairs_of(completion, response, grade, grader, pool, per_response, edits, tries, seed)
         if not repair:
@@ -192,11 +200,10 @@ def _balanced(broken: list[PreferencePair], repaired: list[PreferencePair], seed
     return [p for i, p in enumerate(broken) if i in keep[0]] + [p for i, p in enumerate(repaired) if i in keep[1]]
 
 
-def _flipping_edit(completion: Completion, response: Response, grader: Grader, edit: Edit, rng: random.Random,
-                   pool: Sequence[str], tries: int, passed: bool):
-    """(text, messages, grade) of the first of up to `tries` applications of `edit` whose verdict is not
-    `passed`; or None."""
-    text = response.messages[-1].content or ""
+def _flipping_edit(completion: Completion, response: Response, text: str, grader: Grader, edit: Edit,
+                   rng: random.Random, pool: Sequence[str], tries: int, passed: bool):
+    """(text, messages, grade) of the first of up to `tries` applications of `edit` to `text` (the
+    response's last message) whose verdict is not `passed`; or None."""
     for _ in range(tries):
         new_text = edit(text, rng, pool)
         if new_text is None:
@@ -219,7 +226,7 @@ def _pairs_of(completion: Completion, response: Response, grade: Grade, grader: 
     for name in rng.sample(list(edits), len(edits)):
         if len(pairs) == per_response:
             break
-        flipped = _flipping_edit(completion, response, grader, EDITS[name], rng, pool, tries, grade.passed)
+        flipped = _flipping_edit(completion, response, text, grader, EDITS[name], rng, pool, tries, grade.passed)
         if flipped is None:
             continue
         new_text, edited, new_grade = flipped
