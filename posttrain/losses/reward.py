@@ -40,6 +40,10 @@ CENTERING_COEF = 0.01
 POINTWISE_ALPHA = 0.0
 # AFM adds single-sided gradings as a regulariser without a published weight; ours.
 GRADING_COEF = 1.0
+# Yang et al. 2024 ("Regularizing Hidden States Enables Learning Generalizable Reward Model for LLMs",
+# GRM) keep the language-modelling loss on the preferred responses beside the reward loss, through the
+# backbone's LM head, so the hidden states stay those of a language model; 0 = off.
+LM_COEF = 0.0
 
 
 @dataclasses.dataclass
@@ -65,6 +69,7 @@ class RewardLossSettings:
     pointwise_alpha: float = POINTWISE_ALPHA  # Baichuan 2 pointwise MSE weight (any pairwise objective)
     centering_coef: float = CENTERING_COEF  # reward centering weight (any pairwise objective)
     grading_coef: float = GRADING_COEF  # AFM single-sided grading weight (any pairwise objective)
+    lm_coef: float = LM_COEF  # GRM language-modelling weight on the preferred responses (any objective)
 
 
 LossResult = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
@@ -120,6 +125,19 @@ def pointwise_mse(rewards: torch.Tensor, scores: torch.Tensor, alpha: float) -> 
     known = ~torch.isnan(scores)
     target = torch.where(known, scores, rewards.detach())  # no NaN reaches the graph
     return alpha * known.to(rewards.dtype) * (rewards - target) ** 2
+
+
+def preferred_nll_penalty(token_logprobs: torch.Tensor, coef: float, normaliser: torch.Tensor) -> torch.Tensor:
+    """GRM's language-modelling regulariser (Yang et al. 2024): coef * normaliser * mean NLL.
+
+    token_logprobs: (M,) log-probs of the preferred responses' tokens in one micro-batch (M may be 0:
+    no penalty). The mean NLL per token is scaled by the micro-batch's normaliser (its pairs), so that
+    after the engine divides a step's sums by its summed normaliser the term is a pair-weighted mean of
+    per-token NLLs, times coef.
+    """
+    if token_logprobs.numel() == 0:
+        return token_logprobs.sum() * 0.0
+    return coef * normaliser * -token_logprobs.mean()
 
 
 def masked_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -211,17 +211,38 @@ def score_head_of(model: nn.Module) -> nn.Linear:
     return unwrap_model(model).score
 
 
-def packed_head_outputs(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Head outputs (n, K) at the last token of each of the n sequences of a packed row.
+def packed_hidden(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """The backbone's last hidden states (1, T, H) for a packed row.
 
     The backbone runs with position ids restarting per sequence, `use_cache=False` and no attention
-    mask, so no sequence attends to another (see `models.forward`); only the n last positions are
-    projected.
+    mask, so no sequence attends to another (see `models.forward`).
     """
     if batch.input_ids.shape[0] != 1:
         raise ValueError(f"a packed batch is one row, got input_ids of shape {tuple(batch.input_ids.shape)}")
     backbone = unwrap_model(model).get_decoder()
     # No attention_mask on purpose: a mask (even all ones) disables transformers' packed-sequence masking.
-    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    return backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+
+
+def packed_head_outputs(model: nn.Module, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Head outputs (n, K) at the last token of each of the n sequences of a packed row.
+
+    `hidden`: the row's `packed_hidden`, when the caller needs it too; only the n last positions are
+    projected.
+    """
+    hidden = packed_hidden(model, batch) if hidden is None else hidden
     last = hidden[0, batch.seq_ends.to(hidden.device)]  # (n, H)
     return score_head_of(model)(last)  # (n, K)
+
+
+def tied_lm_head_weight(model: nn.Module) -> torch.Tensor:
+    """The (V, H) LM head a reward model still has: its input embeddings, when the backbone ties them.
+
+    A `*ForSequenceClassification` drops the causal LM's head; with tied embeddings (the tiny world,
+    Qwen2 0.5B-1.5B, Gemma) the input embedding matrix is that head. Untied backbones raise.
+    """
+    base = unwrap_model(model)
+    if not getattr(base.config, "tie_word_embeddings", False):
+        raise ValueError("this reward model's backbone does not tie its input and output embeddings, so it has no "
+                         "LM head to regularise with; set lm_coef: 0")
+    return base.get_input_embeddings().weight

@@ -84,6 +84,8 @@ class RewardModelConfig(TrainConfig):
     centering_coef: float = Field(0.01, ge=0, description="reward centering weight on (r+ + r-)^2 (Eisenstein 2023)")
     grading_coef: float = Field(1.0, ge=0, description="AFM single-sided grading regulariser weight (head outputs "
                                                        "with targets)")
+    lm_coef: float = Field(0.0, ge=0, description="GRM (Yang et al. 2024): weight of the language-modelling loss on "
+                                                  "the preferred responses, through the tied embeddings (0 = off)")
     head: Literal["scalar", "helpsteer2", "afm"] = Field("scalar", description="head preset: outputs and weights")
     head_outputs: list[str] | None = Field(None, description="override the preset's output names")
     head_weights: list[float] | None = Field(None, description="override the preset's combination weights")
@@ -145,7 +147,7 @@ class RewardModel(Stage):
         loss = RewardLoss(config.loss, RewardLossSettings(
             margins=tuple(config.margins), soft_labels=tuple(config.soft_labels),
             pointwise_alpha=config.pointwise_alpha, centering_coef=config.centering_coef,
-            grading_coef=config.grading_coef))
+            grading_coef=config.grading_coef, lm_coef=config.lm_coef))
         train_config = TrainConfig(**config.model_dump(include=set(TrainConfig.model_fields)))
         summary = run_reward_training(model, tokenizer, groups, train_config, loss, head, ctx.out_dir,
                                       log_fn=ctx.log_metrics)

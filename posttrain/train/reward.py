@@ -26,10 +26,18 @@ from posttrain.losses.reward import (
     RewardLossSettings,
     RewardTargets,
     ordered_pairs,
+    preferred_nll_penalty,
     reward_objective,
 )
 from posttrain.models.forward import unwrap_model
-from posttrain.models.reward import RewardHead, packed_head_outputs, save_reward_model
+from posttrain.models.logprobs import shifted_targets, token_logprobs
+from posttrain.models.reward import (
+    RewardHead,
+    packed_head_outputs,
+    packed_hidden,
+    save_reward_model,
+    tied_lm_head_weight,
+)
 from posttrain.train.config import TrainConfig
 from posttrain.train.distributed import DistContext, barrier, init_distributed, rank_steps
 from posttrain.train.engine import LossFn, LossOutput, Trainer, plan_total_steps
@@ -56,6 +64,9 @@ class RewardGroup:
     scores: list[float]  # normalised absolute score per response, NaN = none
     output_targets: list[list[float]]  # per response, one target per head output, NaN = none
     id: str = ""
+    # per response, True at the tokens the LM regulariser trains (the preferred responses' own
+    # assistant tokens; all False elsewhere); empty = none
+    lm_masks: list[list[bool]] = dataclasses.field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -63,7 +74,8 @@ class RewardGroup:
 
     def keep_last(self, max_tokens: int) -> "RewardGroup":
         """The group with every sequence cut to its last `max_tokens` tokens (the reward reads the end)."""
-        return dataclasses.replace(self, sequences=[s[-max_tokens:] for s in self.sequences])
+        return dataclasses.replace(self, sequences=[s[-max_tokens:] for s in self.sequences],
+                                   lm_masks=[m[-max_tokens:] for m in self.lm_masks])
 
 
 def normalise_scores(values: Sequence[float | None], method: str, score_range: tuple[float, float]) -> list[float]:
@@ -104,8 +116,33 @@ def _ranked_pairs(ranks: list[int]) -> list[tuple[int, int]]:
     return list(zip(better.tolist(), worse.tolist()))
 
 
-def _tokenize(tokenizer: Any, template: str, prompt, response) -> list[int]:
-    return tokenize_conversation(tokenizer, prompt.messages + list(response), prompt.tools, template).input_ids
+def _response_mask(assistant_mask: list[bool], turns: int) -> list[bool]:
+    """The assistant mask cut to its last `turns` runs: the response's own assistant messages, not the prompt's."""
+    out, runs = [False] * len(assistant_mask), 0
+    for i in range(len(assistant_mask) - 1, -1, -1):
+        if assistant_mask[i]:
+            if i + 1 == len(assistant_mask) or not assistant_mask[i + 1]:
+                runs += 1  # scanning backwards, a run is met at its last token
+                if runs > turns:
+                    break
+            out[i] = True
+    return out
+
+
+def _tokenize_all(tokenizer: Any, template: str, prompt, responses, preferred: set[int]):
+    """(sequences, lm_masks): prompt + response ids per response, and the preferred ones' response tokens."""
+    sequences, masks = [], []
+    for i, response in enumerate(responses):
+        chat = tokenize_conversation(tokenizer, prompt.messages + list(response), prompt.tools, template)
+        sequences.append(chat.input_ids)
+        turns = sum(1 for m in response if m.role == "assistant")
+        masks.append(_response_mask(chat.assistant_mask, turns) if i in preferred else [False] * len(chat.input_ids))
+    return sequences, masks
+
+
+def _preferred(pairs: list[tuple[int, int, int]]) -> set[int]:
+    """Responses that win a pair and lose none: what the LM regulariser trains on."""
+    return {b for b, _, _ in pairs} - {w for _, w, _ in pairs}
 
 
 def _targets_row(head: RewardHead, attributes: dict[str, float] | None) -> list[float]:
@@ -134,8 +171,8 @@ def pair_group(pair: PreferencePair, tokenizer: Any, template: str, head: Reward
     edited_level = _level(edited_strength)
     levels = {(0, 1): level, (2, 0): edited_level, (2, 1): _stronger(edited_level, level)}
     pairs = [(b, w, levels[(b, w)]) for b, w in _ranked_pairs(ranks)]
-    sequences = [_tokenize(tokenizer, template, pair.prompt, r) for r in responses]
-    return RewardGroup(sequences, pairs, score_list, targets, id=pair.id)
+    sequences, lm_masks = _tokenize_all(tokenizer, template, pair.prompt, responses, _preferred(pairs))
+    return RewardGroup(sequences, pairs, score_list, targets, id=pair.id, lm_masks=lm_masks)
 
 
 def completion_group(completion: Completion, tokenizer: Any, template: str, head: RewardHead,
@@ -149,9 +186,10 @@ def completion_group(completion: Completion, tokenizer: Any, template: str, head
     distinct = sorted({s for s in raw if s is not None}, reverse=True)
     ranks = [distinct.index(s) if s is not None else -1 for s in raw]
     pairs = [(b, w, UNKNOWN_LEVEL) for b, w in _ranked_pairs(ranks) if ranks[b] >= 0 and ranks[w] >= 0]
-    sequences = [_tokenize(tokenizer, template, completion.prompt, r.messages) for r in completion.responses]
+    sequences, lm_masks = _tokenize_all(tokenizer, template, completion.prompt,
+                                        [r.messages for r in completion.responses], _preferred(pairs))
     targets = [_targets_row(head, None) for _ in completion.responses]
-    return RewardGroup(sequences, pairs, list(scores), targets, id=completion.id)
+    return RewardGroup(sequences, pairs, list(scores), targets, id=completion.id, lm_masks=lm_masks)
 
 
 # ---------------------------------------------------------------- micro-batches and the plan
@@ -180,7 +218,8 @@ def collate_groups(groups: Sequence[RewardGroup], orders: Sequence[Sequence[int]
         position = {response: offset + slot for slot, response in enumerate(order)}
         for response in order:
             ids = group.sequences[response]
-            examples.append({"input_ids": ids, "loss_mask": [False] * len(ids)})
+            lm_mask = group.lm_masks[response] if group.lm_masks else [False] * len(ids)
+            examples.append({"input_ids": ids, "loss_mask": lm_mask})
             scores.append(group.scores[response])
             targets.append(group.output_targets[response])
         for b, w, level in group.pairs:
@@ -255,9 +294,16 @@ def reward_loss_fn(loss: RewardLoss, head: RewardHead) -> LossFn:
     objective = reward_objective(loss.name)
 
     def loss_fn(model, batch: RewardBatch) -> LossOutput:
-        outputs = packed_head_outputs(model, batch.packed).float()  # (N, K)
+        hidden = packed_hidden(model, batch.packed)  # (1, T, H)
+        outputs = packed_head_outputs(model, batch.packed, hidden).float()  # (N, K)
         rewards = head.combine(outputs)  # (N,)
         loss_sum, normaliser, metrics = objective(rewards, outputs, batch.targets, loss.settings)
+        if loss.settings.lm_coef > 0:
+            targets, mask = shifted_targets(batch.packed)  # (1, T) each
+            token_lp = token_logprobs(hidden[mask], tied_lm_head_weight(model), targets[mask])
+            loss_sum = loss_sum + preferred_nll_penalty(token_lp, loss.settings.lm_coef, normaliser)
+            metrics = {**metrics, "lm_nll": preferred_nll_penalty(token_lp.detach(), 1.0, normaliser),  # per token
+                       "num_lm_tokens": torch.tensor(float(token_lp.numel()), device=token_lp.device)}
         return LossOutput(loss_sum, normaliser, metrics)
 
     return loss_fn

@@ -9,6 +9,7 @@ from posttrain.losses.reward import (
     CENTERING_COEF,
     GRADING_COEF,
     LLAMA2_MARGINS,
+    LM_COEF,
     POINTWISE_ALPHA,
     REWARD_OBJECTIVES,
     UNKNOWN_LEVEL,
@@ -21,6 +22,7 @@ from posttrain.losses.reward import (
     masked_squared_error,
     ordered_pairs,
     pointwise_mse,
+    preferred_nll_penalty,
     reward_objective,
     soft_label_loss,
 )
@@ -167,6 +169,14 @@ def test_empty_micro_batch_keeps_the_graph():
         assert loss_sum.requires_grad, name  # DDP needs every rank's loss to reach the parameters
 
 
+def test_preferred_nll_penalty_hand_worked():
+    # token log-probs -1 and -3: mean NLL 2; coef 0.5 and 4 pairs in the micro-batch -> 0.5 * 4 * 2 = 4.
+    penalty = preferred_nll_penalty(torch.tensor([-1.0, -3.0]), 0.5, torch.tensor(4.0))
+    assert penalty.item() == pytest.approx(4.0)
+    # a micro-batch with no preferred token adds nothing
+    assert preferred_nll_penalty(torch.zeros(0), 0.5, torch.tensor(4.0)).item() == 0.0
+
+
 def test_unknown_objective_names_the_choices():
     with pytest.raises(ValueError, match="bradley_terry"):
         reward_objective("hinge")
@@ -181,3 +191,4 @@ def test_stage_config_defaults_equal_the_loss_constants():
     assert config.centering_coef == CENTERING_COEF
     assert config.pointwise_alpha == POINTWISE_ALPHA
     assert config.grading_coef == GRADING_COEF
+    assert config.lm_coef == LM_COEF

@@ -1,4 +1,5 @@
 """The reward-model loop on the engine: groups packed whole, pure plans, a toy preference learned and saved."""
+import dataclasses
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from posttrain.data.records import Completion, Message, PreferencePair, Prompt, Response
+from posttrain.data.tokenize import tokenize_conversation
 from posttrain.losses.reward import UNKNOWN_LEVEL, RewardLossSettings
 from posttrain.models.reward import RewardHead, load_reward_model, reward_model_from_causal_lm
 from posttrain.train.config import TrainConfig
@@ -23,6 +25,8 @@ from posttrain.train.reward import (
     completion_group,
     normalise_scores,
     pair_group,
+    _response_mask,
+    reward_loss_fn,
     run_reward_training,
 )
 from _train_fixtures import tiny_model, tiny_tokenizer, weights_hash
@@ -106,12 +110,59 @@ def test_pair_and_completion_groups_rank_their_responses():
     assert group.scores[:2] == [0.5, -1.0] and math.isnan(group.scores[2])
     assert math.isnan(group.output_targets[0][0]) and group.output_targets[0][1] == 3.0
     assert len(pair_group(pair, tokenizer, "chatml", head, (NAN, NAN), None, use_edited=False).sequences) == 2
+    # the LM regulariser trains on the response that loses no pair (edited), on its own assistant tokens
+    full = tokenize_conversation(tokenizer, prompt.messages + answer("better"), None, "chatml").assistant_mask
+    assert group.lm_masks[2] == full and any(full)
+    assert not any(group.lm_masks[0]) and not any(group.lm_masks[1])
+    plain = pair_group(pair, tokenizer, "chatml", head, (NAN, NAN), None, use_edited=False)
+    assert any(plain.lm_masks[0]) and not any(plain.lm_masks[1])  # without edited: chosen
 
     completion = Completion(prompt=prompt, responses=[
         Response(index=0, messages=answer("good"), score=1.0), Response(index=1, messages=answer("bad"), score=0.0),
         Response(index=2, messages=answer("better"), score=1.0), Response(index=3, messages=answer("bad"))])
     group = completion_group(completion, tokenizer, "chatml", RewardHead(), [1.0, -1.0, 1.0, NAN])
     assert sorted(group.pairs) == [(0, 1, UNKNOWN_LEVEL), (2, 1, UNKNOWN_LEVEL)]  # ties and unscored: no pair
+    assert [any(m) for m in group.lm_masks] == [True, False, True, False]  # the top-scored responses
+
+
+def test_response_mask_keeps_the_responses_own_assistant_turns():
+    # a prompt with one assistant turn (positions 1-2), then a response of two assistant turns (4, 6-7)
+    mask = [False, True, True, False, True, False, True, True]
+    assert _response_mask(mask, 2) == [False, False, False, False, True, False, True, True]
+    assert _response_mask(mask, 1) == [False] * 6 + [True, True]
+    assert _response_mask(mask, 3) == mask
+
+
+def test_lm_coef_adds_the_causal_lms_nll_on_preferred_tokens(tmp_path):
+    """The penalty equals coef x pairs x the mean NLL the saved causal LM gives the masked tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.data.packing import collate_packed
+    from posttrain.models.loading import save_causal_lm
+
+    path = save_causal_lm(tiny_model(seed=0, tie=True), tiny_tokenizer(), tmp_path / "lm")
+    model, _ = reward_model_from_causal_lm(path, RewardHead(), seed=0)
+    groups = [dataclasses.replace(g, lm_masks=[[False] * 2 + [True] * (len(g.sequences[0]) - 2),
+                                                [False] * len(g.sequences[1])]) for g in toy_groups(3, 0)]
+    batch = collate_groups(groups, [[0, 1]] * 3, num_outputs=1)
+    with torch.no_grad():
+        plain = reward_loss_fn(RewardLoss(), RewardHead())(model, batch)
+        regularised = reward_loss_fn(RewardLoss(settings=RewardLossSettings(lm_coef=0.5)), RewardHead())(model, batch)
+        causal = AutoModelForCausalLM.from_pretrained(str(path))
+        nll = []
+        for g in groups:  # the chosen sequence alone: position t predicts token t + 1
+            ids = torch.tensor([g.sequences[0]])
+            logp = torch.log_softmax(causal(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            wanted = torch.tensor(g.lm_masks[0][1:])
+            nll += (-logp[torch.arange(len(targets)), targets])[wanted].tolist()
+    expected = 0.5 * 3 * sum(nll) / len(nll)
+    assert (regularised.loss_sum - plain.loss_sum).item() == pytest.approx(expected, rel=1e-4)
+    assert regularised.metrics["num_lm_tokens"].item() == len(nll)
+    untied = reward_model_from_causal_lm(save_causal_lm(tiny_model(seed=0), tiny_tokenizer(), tmp_path / "u"),
+                                         RewardHead(), seed=0)[0]
+    with pytest.raises(ValueError, match="tie"):
+        reward_loss_fn(RewardLoss(settings=RewardLossSettings(lm_coef=0.5)), RewardHead())(untied, batch)
 
 
 def test_training_learns_a_toy_preference_and_saves_an_hf_reward_model(tmp_path, backbone):
