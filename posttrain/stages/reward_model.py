@@ -125,7 +125,7 @@ class RewardModel(Stage):
     Config = RewardModelConfig
     inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False, "ensemble": False}
     description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
-                   "pointwise and grading regularisers) and measure its held-out accuracy and best-of-N gain.")
+                   "pointwise, grading and GRM language-modelling regularisers) and measure its held-out accuracy and best-of-N gain.")
 
     def run(self, config: RewardModelConfig, ctx: StageContext) -> StageResult:
         import gc

@@ -348,6 +348,9 @@ def run_reward_training(
     plan = RewardPlan(groups, config, head.size, ctx)
     trainer = Trainer(model, config, reward_loss_fn(loss, head), total_steps=plan_total_steps(plan, config.max_steps),
                       checkpoint_dir=out_dir / "checkpoints", log_fn=log_fn, ctx=ctx)
+    if loss.settings.lm_coef > 0 and trainer.parallel == "fsdp2":
+        raise NotImplementedError("lm_coef with FSDP2: the tied embedding is sharded outside its module's forward; "
+                                  "use DDP (parallel: ddp) or lm_coef: 0")
     fit = trainer.fit(plan)
     outputs = save_trained_reward_model(trainer, tokenizer, out_dir)
     return {
