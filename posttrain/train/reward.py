@@ -6,7 +6,9 @@ pairs and per-response targets. Each epoch: shuffle the groups and the responses
 (pure in seed and epoch), pack whole groups best-fit-decreasing into rows of at most
 `micro_batch_tokens` tokens (so the responses of one prompt share a micro-batch and a step), shuffle
 the rows and take `accumulation x world_size` per optimizer step. The loss is the registry's
-objective (`posttrain.losses.reward`) on the head outputs read at each sequence's last token.
+objective (`posttrain.losses.reward`) on the head outputs read at each sequence's last token, plus,
+with `lm_coef`, GRM's language-modelling term on the tokens of each group's preferred responses (the
+ones that win a pair and lose none), read through the tied embeddings from the same hidden states.
 """
 from __future__ import annotations
 
@@ -345,6 +347,8 @@ def run_reward_training(
                          f"(first: {too_long[0]}); drop or shorten them first")
     if not groups:
         raise ValueError("no reward-model group to train on")
+    if loss.settings.lm_coef > 0:
+        tied_lm_head_weight(model)  # an untied backbone fails here, not at the first step
     plan = RewardPlan(groups, config, head.size, ctx)
     trainer = Trainer(model, config, reward_loss_fn(loss, head), total_steps=plan_total_steps(plan, config.max_steps),
                       checkpoint_dir=out_dir / "checkpoints", log_fn=log_fn, ctx=ctx)
