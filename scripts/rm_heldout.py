@@ -67,7 +67,8 @@ def main() -> None:
         for family, entry in sorted(result.accuracy.items()):
             gain = result.best_of_n.get(family, {}).get(str(args.n), {}).get("gain")
             gain_text = f"{gain:+.3f}" if gain is not None else "-"
-            print(f"  {family:24s} accuracy {entry['score']:.3f} (n {entry['n']:3d})  best-of-{args.n} gain {gain_text}")
+            print(f"  {family:24s} accuracy {entry['score']:.3f} (n {entry['n']:3d})  "
+                  f"best-of-{args.n} gain {gain_text}")
         for category, entry in sorted(result.category_accuracy.items()):
             print(f"  [{category}] accuracy {entry['score']:.3f} (n {entry['n']:3d})")
 

@@ -125,7 +125,8 @@ class RewardModel(Stage):
     Config = RewardModelConfig
     inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False, "ensemble": False}
     description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
-                   "pointwise, grading and GRM language-modelling regularisers) and measure its held-out accuracy and best-of-N gain.")
+                   "pointwise, grading and GRM language-modelling regularisers) and measure its held-out accuracy "
+                   "and best-of-N gain.")
 
     def run(self, config: RewardModelConfig, ctx: StageContext) -> StageResult:
         import gc
@@ -232,11 +233,12 @@ def _read_groups(config: RewardModelConfig, ctx: StageContext, tokenizer, head):
     groups, at = [], 0
     for pair in kept:
         groups.append(pair_group(pair, tokenizer, template, head, (scores[at], scores[at + 1]),
-                                 config.edited_strength, config.use_edited))
+                                 config.edited_strength, config.use_edited, lm_masks=config.lm_coef > 0))
         at += 2
     for completion in learnable:
         k = len(completion.responses)
-        groups.append(completion_group(completion, tokenizer, template, head, scores[at:at + k]))
+        groups.append(completion_group(completion, tokenizer, template, head, scores[at:at + k],
+                                       lm_masks=config.lm_coef > 0))
         at += k
     fitting = []
     for group in groups:

@@ -41,7 +41,7 @@ from posttrain.models.reward import (
     tied_lm_head_weight,
 )
 from posttrain.train.config import TrainConfig
-from posttrain.train.distributed import DistContext, barrier, init_distributed, rank_steps
+from posttrain.train.distributed import DistContext, barrier, choose_parallel, init_distributed, rank_steps
 from posttrain.train.engine import LossFn, LossOutput, Trainer, plan_total_steps
 from posttrain.train.mixture import mixture_rng
 from posttrain.train.step_log import LogFn
@@ -66,8 +66,8 @@ class RewardGroup:
     scores: list[float]  # normalised absolute score per response, NaN = none
     output_targets: list[list[float]]  # per response, one target per head output, NaN = none
     id: str = ""
-    # per response, True at the tokens the LM regulariser trains (the preferred responses' own
-    # assistant tokens; all False elsewhere); empty = none
+    # only for the LM regulariser: per response, True at the tokens it trains (a preferred response's own
+    # assistant tokens); [] for the other responses, and no list at all when the group was built without
     lm_masks: list[list[bool]] = dataclasses.field(default_factory=list)
 
     @property
@@ -131,14 +131,16 @@ def _response_mask(assistant_mask: list[bool], turns: int) -> list[bool]:
     return out
 
 
-def _tokenize_all(tokenizer: Any, template: str, prompt, responses, preferred: set[int]):
-    """(sequences, lm_masks): prompt + response ids per response, and the preferred ones' response tokens."""
+def _tokenize_all(tokenizer: Any, template: str, prompt, responses, preferred: set[int] | None):
+    """(sequences, lm_masks): prompt + response ids per response, and, when `preferred` is given, the
+    preferred responses' own tokens ([] for the others; no masks at all when it is None)."""
     sequences, masks = [], []
     for i, response in enumerate(responses):
         chat = tokenize_conversation(tokenizer, prompt.messages + list(response), prompt.tools, template)
         sequences.append(chat.input_ids)
-        turns = sum(1 for m in response if m.role == "assistant")
-        masks.append(_response_mask(chat.assistant_mask, turns) if i in preferred else [False] * len(chat.input_ids))
+        if preferred is not None:
+            turns = sum(1 for m in response if m.role == "assistant")
+            masks.append(_response_mask(chat.assistant_mask, turns) if i in preferred else [])
     return sequences, masks
 
 
@@ -153,12 +155,13 @@ def _targets_row(head: RewardHead, attributes: dict[str, float] | None) -> list[
 
 
 def pair_group(pair: PreferencePair, tokenizer: Any, template: str, head: RewardHead,
-               scores: tuple[float, float], edited_strength: str | None, use_edited: bool = True) -> RewardGroup:
+               scores: tuple[float, float], edited_strength: str | None, use_edited: bool = True,
+               lm_masks: bool = False) -> RewardGroup:
     """A pair (and its edited answer, when used) as a ranked group: edited > chosen > rejected.
 
     `scores`: the normalised absolute scores of chosen and rejected (NaN = none). Pairs with the
     edited answer take `edited_strength` against chosen and the stronger of it and the pair's own
-    strength against rejected.
+    strength against rejected. `lm_masks`: also mark the preferred response's tokens (for `lm_coef`).
     """
     responses = [pair.chosen, pair.rejected]
     level = _level(pair.strength)
@@ -173,25 +176,26 @@ def pair_group(pair: PreferencePair, tokenizer: Any, template: str, head: Reward
     edited_level = _level(edited_strength)
     levels = {(0, 1): level, (2, 0): edited_level, (2, 1): _stronger(edited_level, level)}
     pairs = [(b, w, levels[(b, w)]) for b, w in _ranked_pairs(ranks)]
-    sequences, lm_masks = _tokenize_all(tokenizer, template, pair.prompt, responses, _preferred(pairs))
-    return RewardGroup(sequences, pairs, score_list, targets, id=pair.id, lm_masks=lm_masks)
+    preferred = _preferred(pairs) if lm_masks else None
+    sequences, masks = _tokenize_all(tokenizer, template, pair.prompt, responses, preferred)
+    return RewardGroup(sequences, pairs, score_list, targets, id=pair.id, lm_masks=masks)
 
 
 def completion_group(completion: Completion, tokenizer: Any, template: str, head: RewardHead,
-                     scores: list[float]) -> RewardGroup:
+                     scores: list[float], lm_masks: bool = False) -> RewardGroup:
     """Scored samples of one prompt as a ranked group: every pair with strictly different scores.
 
     `scores`: normalised scores per response (NaN = none); ranking uses the raw `score` field, and
-    responses without one take part in no pair.
+    responses without one take part in no pair. `lm_masks`: also mark the top-ranked responses' tokens.
     """
     raw = [r.score for r in completion.responses]
     distinct = sorted({s for s in raw if s is not None}, reverse=True)
     ranks = [distinct.index(s) if s is not None else -1 for s in raw]
     pairs = [(b, w, UNKNOWN_LEVEL) for b, w in _ranked_pairs(ranks) if ranks[b] >= 0 and ranks[w] >= 0]
-    sequences, lm_masks = _tokenize_all(tokenizer, template, completion.prompt,
-                                        [r.messages for r in completion.responses], _preferred(pairs))
+    sequences, masks = _tokenize_all(tokenizer, template, completion.prompt, [r.messages for r in completion.responses],
+                                     _preferred(pairs) if lm_masks else None)
     targets = [_targets_row(head, None) for _ in completion.responses]
-    return RewardGroup(sequences, pairs, list(scores), targets, id=completion.id, lm_masks=lm_masks)
+    return RewardGroup(sequences, pairs, list(scores), targets, id=completion.id, lm_masks=masks)
 
 
 # ---------------------------------------------------------------- micro-batches and the plan
@@ -220,8 +224,8 @@ def collate_groups(groups: Sequence[RewardGroup], orders: Sequence[Sequence[int]
         position = {response: offset + slot for slot, response in enumerate(order)}
         for response in order:
             ids = group.sequences[response]
-            lm_mask = group.lm_masks[response] if group.lm_masks else [False] * len(ids)
-            examples.append({"input_ids": ids, "loss_mask": lm_mask})
+            lm_mask = group.lm_masks[response] if group.lm_masks else []
+            examples.append({"input_ids": ids, "loss_mask": lm_mask or [False] * len(ids)})
             scores.append(group.scores[response])
             targets.append(group.output_targets[response])
         for b, w, level in group.pairs:
@@ -347,14 +351,17 @@ def run_reward_training(
                          f"(first: {too_long[0]}); drop or shorten them first")
     if not groups:
         raise ValueError("no reward-model group to train on")
-    if loss.settings.lm_coef > 0:
-        tied_lm_head_weight(model)  # an untied backbone fails here, not at the first step
+    if loss.settings.lm_coef > 0:  # refused here, before the model is wrapped or a step is taken
+        tied_lm_head_weight(model)
+        if choose_parallel(config.parallel, ctx) == "fsdp2":
+            raise NotImplementedError("lm_coef with FSDP2: the tied embedding is sharded outside its module's "
+                                      "forward; use DDP (parallel: ddp) or lm_coef: 0")
+        if not any(any(mask) for g in groups for mask in g.lm_masks):
+            raise ValueError("lm_coef > 0 but no group marks a preferred response's tokens: build the groups "
+                             "with lm_masks=True")
     plan = RewardPlan(groups, config, head.size, ctx)
     trainer = Trainer(model, config, reward_loss_fn(loss, head), total_steps=plan_total_steps(plan, config.max_steps),
                       checkpoint_dir=out_dir / "checkpoints", log_fn=log_fn, ctx=ctx)
-    if loss.settings.lm_coef > 0 and trainer.parallel == "fsdp2":
-        raise NotImplementedError("lm_coef with FSDP2: the tied embedding is sharded outside its module's forward; "
-                                  "use DDP (parallel: ddp) or lm_coef: 0")
     fit = trainer.fit(plan)
     outputs = save_trained_reward_model(trainer, tokenizer, out_dir)
     return {

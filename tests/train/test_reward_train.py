@@ -110,19 +110,21 @@ def test_pair_and_completion_groups_rank_their_responses():
     assert group.scores[:2] == [0.5, -1.0] and math.isnan(group.scores[2])
     assert math.isnan(group.output_targets[0][0]) and group.output_targets[0][1] == 3.0
     assert len(pair_group(pair, tokenizer, "chatml", head, (NAN, NAN), None, use_edited=False).sequences) == 2
+    assert group.lm_masks == []  # built without masks unless the LM regulariser asks for them
     # the LM regulariser trains on the response that loses no pair (edited), on its own assistant tokens
+    marked = pair_group(pair, tokenizer, "chatml", head, (0.5, -1.0), edited_strength="better", lm_masks=True)
     full = tokenize_conversation(tokenizer, prompt.messages + answer("better"), None, "chatml").assistant_mask
-    assert group.lm_masks[2] == full and any(full)
-    assert not any(group.lm_masks[0]) and not any(group.lm_masks[1])
-    plain = pair_group(pair, tokenizer, "chatml", head, (NAN, NAN), None, use_edited=False)
-    assert any(plain.lm_masks[0]) and not any(plain.lm_masks[1])  # without edited: chosen
+    assert marked.lm_masks == [[], [], full] and any(full)
+    plain = pair_group(pair, tokenizer, "chatml", head, (NAN, NAN), None, use_edited=False, lm_masks=True)
+    assert any(plain.lm_masks[0]) and plain.lm_masks[1] == []  # without edited: chosen
 
     completion = Completion(prompt=prompt, responses=[
         Response(index=0, messages=answer("good"), score=1.0), Response(index=1, messages=answer("bad"), score=0.0),
         Response(index=2, messages=answer("better"), score=1.0), Response(index=3, messages=answer("bad"))])
     group = completion_group(completion, tokenizer, "chatml", RewardHead(), [1.0, -1.0, 1.0, NAN])
     assert sorted(group.pairs) == [(0, 1, UNKNOWN_LEVEL), (2, 1, UNKNOWN_LEVEL)]  # ties and unscored: no pair
-    assert [any(m) for m in group.lm_masks] == [True, False, True, False]  # the top-scored responses
+    marked = completion_group(completion, tokenizer, "chatml", RewardHead(), [1.0, -1.0, 1.0, NAN], lm_masks=True)
+    assert [any(m) for m in marked.lm_masks] == [True, False, True, False]  # the top-scored responses
 
 
 def test_response_mask_keeps_the_responses_own_assistant_turns():
@@ -161,8 +163,14 @@ def test_lm_coef_adds_the_causal_lms_nll_on_preferred_tokens(tmp_path):
     assert regularised.metrics["num_lm_tokens"].item() == len(nll)
     untied = reward_model_from_causal_lm(save_causal_lm(tiny_model(seed=0), tiny_tokenizer(), tmp_path / "u"),
                                          RewardHead(), seed=0)[0]
+    lm_loss = RewardLoss(settings=RewardLossSettings(lm_coef=0.5))
     with pytest.raises(ValueError, match="tie"):
-        reward_loss_fn(RewardLoss(settings=RewardLossSettings(lm_coef=0.5)), RewardHead())(untied, batch)
+        reward_loss_fn(lm_loss, RewardHead())(untied, batch)
+    config = TrainConfig(micro_batch_tokens=64, epochs=1)
+    with pytest.raises(ValueError, match="tie"):  # refused before training
+        run_reward_training(untied, tiny_tokenizer(), groups, config, lm_loss, RewardHead(), tmp_path / "a")
+    with pytest.raises(ValueError, match="lm_masks"):  # groups built without masks would train no LM term
+        run_reward_training(model, tiny_tokenizer(), toy_groups(3, 0), config, lm_loss, RewardHead(), tmp_path / "b")
 
 
 def test_training_learns_a_toy_preference_and_saves_an_hf_reward_model(tmp_path, backbone):
