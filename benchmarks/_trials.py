@@ -159,8 +159,8 @@ def median_of(results: list[dict[str, Any]], key: str) -> float:
 
 
 def best_rival(summary: dict[str, dict[str, Any]], key: str) -> str | None:
-    """The mode other than posttrain with the highest `key` in its summary row; None unless both sides ran."""
-    rivals = [mode for mode in summary if mode != "posttrain"]
+    """The mode other than posttrain's own (`posttrain*`) with the highest `key`; None unless both sides ran."""
+    rivals = [mode for mode in summary if not mode.startswith("posttrain")]
     if "posttrain" not in summary or not rivals:
         return None
     return max(rivals, key=lambda mode: summary[mode][key])

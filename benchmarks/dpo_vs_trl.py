@@ -17,7 +17,10 @@ Modes, one subprocess per trial, alternating and rotating their order each round
   chosen and rejected packed side by side into padding-free rows of `micro_batch_tokens`;
 - trl_precompute: DPOTrainer with precompute_ref_log_probs=True (reference pass before training,
   batch `precompute_ref_batch_size`), padded batches of chosen + rejected;
-- trl_live: DPOTrainer with a live reference model (one more forward per step).
+- trl_live: DPOTrainer with a live reference model (one more forward per step);
+- posttrain_sdpa (asked for by --modes): posttrain with `POSTTRAIN_ATTENTION=sdpa`, i.e. packed rows masked
+  by transformers instead of variable-length flash attention (`posttrain.models.attention`); the same as
+  posttrain off CUDA.
 
 Same model, pairs, pairs per optimizer step (TRL: per_device_train_batch_size x
 gradient_accumulation_steps), steps (one pass over the pairs), sigmoid loss, beta, learning rate,
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import statistics
 import sys
@@ -49,7 +53,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared trial mechanics sit beside this script
 import _trials as shared  # noqa: E402
 
-MODES = ("posttrain", "trl_precompute", "trl_live")
+MODES = ("posttrain", "posttrain_sdpa", "trl_precompute", "trl_live")
+DEFAULT_MODES = ("posttrain", "trl_precompute", "trl_live")  # posttrain_sdpa differs from posttrain on CUDA only
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "out" / "dpo_vs_trl"
 
@@ -313,7 +318,11 @@ def child(mode: str, work_dir: Path, settings: Settings, result_path: Path) -> N
     baseline_kib = shared.start_child(mode, settings.threads)
     with open(work_dir / "pairs.jsonl") as f:
         rows = [json.loads(line) for line in f]
-    if mode == "posttrain":
+    if mode.startswith("posttrain"):
+        if mode == "posttrain_sdpa":
+            from posttrain.models.attention import ATTENTION_ENV
+
+            os.environ[ATTENTION_ENV] = "sdpa"
         run = run_posttrain(work_dir / "model", rows, settings)
     else:
         run = run_trl(mode, work_dir / "model", rows, settings, work_dir / f"trl_{mode}")
@@ -359,7 +368,7 @@ def report(by_mode: dict[str, list[dict[str, Any]]], device: str) -> dict[str, A
                "peak_above_baseline_mib": med("peak_above_baseline_mib"), "memory_mib": med("memory_mib"),
                "peak_mib": statistics.median(r["peak_kib"] / 1024 for r in results),
                "final_loss": statistics.median(r["losses"][-1] for r in results), "trials": len(results)}
-        if mode != "posttrain":
+        if mode.startswith("trl"):
             row["same_token_ids"] = all(r["same_token_ids"] for r in results)
         summary[mode] = row
         print(f"{mode:<16}{row['pairs_per_s']:>12.2f}{'(%.2f-%.2f)' % (row['min'], row['max']):>14}"
@@ -395,7 +404,7 @@ def drive(args: argparse.Namespace) -> None:
     print(f"batching: {settings.pairs_per_step} pairs/step x {settings.steps} steps; posttrain rows of "
           f"{settings.micro_batch_tokens} tokens (reference pass {settings.reference_batch_tokens}); TRL "
           f"{settings.trl_micro_batch_pairs} pairs x {settings.trl_accumulation} accumulation")
-    for mode in MODES[1:]:
+    for mode in [m for m in args.modes if m.startswith("trl")]:
         kwargs = trl_config_kwargs(mode, settings, work_dir / f"trl_{mode}")
         print(f"TRL {mode}: " + shared.config_call("DPOConfig", kwargs))
     env = shared.child_env(settings.threads, TQDM_DISABLE="1")
@@ -419,6 +428,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="tiny-cpu",
                         help="model shape, data and device (see the module docstring)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override settings of the profile")
+    parser.set_defaults(modes=list(DEFAULT_MODES))
     shared.dispatch(parser.parse_args(), Settings, child, drive)
 
 

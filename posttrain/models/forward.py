@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from posttrain.data.packing import PackedBatch, PaddedBatch
+from posttrain.models.attention import varlen_enabled, varlen_forward
 
 _NO_LOGIT_POSITIONS = torch.zeros(0, dtype=torch.long)
 
@@ -53,23 +54,29 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return unwrap_model(model).get_decoder()
 
 
-def last_hidden_state(model: nn.Module, device: torch.device, **inputs) -> torch.Tensor:
+def last_hidden_state(model: nn.Module, device: torch.device, seq_lens: list[int] | None = None, **inputs) -> torch.Tensor:
     """The final (post-norm) hidden states of the full model's forward, with no LM-head work: for packed rows
     pass `position_ids` restarting per sequence and no attention mask (see `packed_hidden_states`).
+
+    `seq_lens` (one packed row of sequences of these lengths) lets the forward use variable-length flash
+    attention where it can (`models.attention.varlen_enabled`: CUDA, bf16/fp16); otherwise the
+    position-id restarts make transformers mask across the sequences.
 
     They come back in the forward's own output (`hidden_states[-1]`), so that DDP and FSDP see the
     loss depend on their module's output. Every layer's states are returned (`output_hidden_states=True`):
     the index selection `[-1]` exists in some transformers 5.x releases only (5.17 returned None there).
     Under autograd they are saved for backward anyway; a no-grad pass holds them until it returns.
     """
-    outputs = model(
-        **inputs,
+    inputs.update(
         use_cache=False,
         output_hidden_states=True,
         logits_to_keep=_NO_LOGIT_POSITIONS.to(device),  # logits (B, 0, V): no LM head work here
         return_dict=True,
     )
-    return outputs.hidden_states[-1]
+    base = unwrap_model(model)
+    if seq_lens is not None and varlen_enabled(base, device):
+        return varlen_forward(model, base, seq_lens, device, **inputs).hidden_states[-1]
+    return model(**inputs).hidden_states[-1]
 
 
 def packed_hidden_states(
@@ -80,7 +87,7 @@ def packed_hidden_states(
         raise ValueError(f"a packed batch is one row, got input_ids of shape {tuple(batch.input_ids.shape)}")
     tokens = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch.input_ids}
     # No attention_mask on purpose: a mask (even all ones) disables transformers' packed-sequence masking.
-    return last_hidden_state(model, batch.input_ids.device, **tokens, position_ids=batch.position_ids)
+    return last_hidden_state(model, batch.input_ids.device, batch.seq_lens, **tokens, position_ids=batch.position_ids)
 
 
 def padded_hidden_states(

@@ -68,6 +68,10 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_size: int, inv_temperature: float):
+        # Backward runs outside the caller's autocast; it re-enters it, so that its three head matmuls per
+        # chunk run in the forward's compute dtype (bf16 on GPU) and not in the float32 of the weights.
+        device_type = hidden.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         logprobs = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # (N,)
         lse = torch.empty_like(logprobs)  # (N,)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -82,6 +86,12 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs):
+        device_type, enabled, dtype = ctx.autocast
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return _ChunkedTokenLogprobs._backward(ctx, grad_logprobs, enabled)
+
+    @staticmethod
+    def _backward(ctx, grad_logprobs, autocast: bool):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -97,7 +107,9 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_logits *= grad_logprobs[start:end, None].float() * ctx.inv_temperature
             if need_hidden:
                 grad_hidden[start:end] = grad_logits.to(weight.dtype) @ weight  # (C, H)
-            if need_weight:
+            if need_weight and autocast:  # (V, H) in the compute dtype (float32 accumulation inside), summed in float32
+                grad_weight += (grad_logits.T @ chunk).float()
+            elif need_weight:
                 grad_weight.addmm_(grad_logits.T, chunk.float())  # (V, H)
             if need_bias:
                 grad_bias += grad_logits.sum(0)

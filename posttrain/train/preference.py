@@ -25,7 +25,8 @@ from posttrain.data.lengths import TOO_LONG, LengthPolicy, apply_length_policy
 from posttrain.data.packing import PackedBatch, collate_packed, pack_best_fit_decreasing
 from posttrain.data.tokenize import tokenize_conversation
 from posttrain.losses.preference import PairLogps, preference_metrics
-from posttrain.models.forward import last_hidden_state, lm_head_of
+from posttrain.models.attention import varlen_enabled
+from posttrain.models.forward import last_hidden_state, lm_head_of, unwrap_model
 from posttrain.models.logprobs import sequence_logprobs, shifted_targets, token_logprobs
 from posttrain.models.runtime import eval_mode
 from posttrain.train.config import TrainConfig
@@ -182,14 +183,31 @@ class PackedRows:
             position_ids[r, n:] -= n  # the padding is a sequence of its own, starting at position 0
         return input_ids, position_ids, targets, loss_mask
 
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, position_ids, targets, loss_mask), each (1, T): the rows end to end, no padding."""
+        shifted = [shifted_targets(row) for row in self.rows]
+        return (torch.cat([row.input_ids for row in self.rows], dim=1), torch.cat([row.position_ids for row in self.rows], dim=1),
+                torch.cat([targets for targets, _ in shifted], dim=1), torch.cat([mask for _, mask in shifted], dim=1))
+
     def sequence_logprobs(self, model: torch.nn.Module, chunk_size: int) -> torch.Tensor:
-        """Summed log-probs of every sequence's loss tokens, (n_seq,) float32, in the caller's order."""
-        input_ids, position_ids, targets, loss_mask = self.stacked()
-        hidden = last_hidden_state(model, input_ids.device, input_ids=input_ids, position_ids=position_ids)
+        """Summed log-probs of every sequence's loss tokens, (n_seq,) float32, in the caller's order.
+
+        With variable-length attention (`models.attention`, CUDA) the rows run end to end as one row, the
+        kernel keeping sequences apart; otherwise they are stacked (R, T) and transformers masks each row.
+        """
+        device = self.rows[0].input_ids.device
+        flat = varlen_enabled(unwrap_model(model), device)
+        input_ids, position_ids, targets, loss_mask = self.flat() if flat else self.stacked()
+        seq_lens = [n for row in self.rows for n in row.seq_lens] if flat else None
+        hidden = last_hidden_state(model, device, seq_lens, input_ids=input_ids, position_ids=position_ids)
         picked = token_logprobs(hidden[loss_mask], lm_head_of(model), targets[loss_mask], chunk_size)  # (N,)
         token_lp = torch.zeros(loss_mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(loss_mask, picked)
-        per_row = [sequence_logprobs(token_lp[r, : row.input_ids.shape[1]], loss_mask[r, : row.input_ids.shape[1]],
-                                     row.cu_seqlens) for r, row in enumerate(self.rows)]
+        widths = [row.input_ids.shape[1] for row in self.rows]
+        if flat:  # (1, T) -> each row's (1, n_r)
+            row_lp, row_mask = token_lp.split(widths, dim=1), loss_mask.split(widths, dim=1)
+        else:  # (R, W) -> each row's (n_r,), its end padding cut
+            row_lp, row_mask = [token_lp[r, :n] for r, n in enumerate(widths)], [loss_mask[r, :n] for r, n in enumerate(widths)]
+        per_row = [sequence_logprobs(lp, mask, row.cu_seqlens) for lp, mask, row in zip(row_lp, row_mask, self.rows)]
         in_row_order = torch.cat(per_row)  # (n_seq,)
         return torch.zeros_like(in_row_order).index_copy(0, self.slots, in_row_order)
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from posttrain.data.packing import collate_packed, collate_padded
 from posttrain.models.forward import lm_head_of
@@ -92,6 +93,36 @@ def test_bfloat16_inputs_stay_close_to_float32():
     torch.testing.assert_close(got, naive_logprobs(hidden.float(), weight.float(), targets), atol=0.15, rtol=0.02)
     got.sum().backward()
     assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.bfloat16
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """Records the input dtypes of every matrix multiply run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_runs_in_the_forward_autocast_dtype():
+    """Float32 weights under bf16 autocast (the GPU default): backward's head matmuls are bf16 too, the
+    gradients come back float32 and stay close to the float32 ones."""
+    hidden, weight, targets, upstream = leaves(seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = token_logprobs(hidden, weight, targets, chunk_size=8)
+    recorder = MatmulDtypes()
+    with recorder:
+        (got * upstream).sum().backward()
+    assert len(recorder.seen) == 3 * math.ceil(N / 8)  # logits, d hidden, d weight per chunk
+    assert all(set(dtypes) == {torch.bfloat16} for dtypes in recorder.seen)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    expected = torch.autograd.grad((naive_logprobs(hidden, weight, targets) * upstream).sum(), (hidden, weight))
+    torch.testing.assert_close(hidden.grad, expected[0], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(weight.grad, expected[1], atol=0.05, rtol=0.05)
 
 
 def saved_bytes(fn) -> int:
