@@ -114,7 +114,9 @@ def varlen_attention_forward(
     if dropout or sliding_window or getattr(module, "attn_logit_softcapping", None):
         raise ValueError(f"{VARLEN} attention does not do dropout, sliding windows or logit soft-capping")
     q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, H, D)
-    if q.is_cuda:
+    if q.is_cuda:  # flash attention takes bf16/fp16 only; under autocast RoPE leaves q and k in float32
+        half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else v.dtype
+        q, k, v = (x.to(half) for x in (q, k, v))
         out = _kernel()(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **_kernel_arguments(scaling, q.shape[-1], k.shape[1] != q.shape[1]))
     else:
         out = _sequence_by_sequence(q, k, v, cu_seqlens, scaling)
