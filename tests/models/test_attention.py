@@ -76,6 +76,21 @@ def test_packed_hidden_states_equal_masked(monkeypatch, calls):
     torch.testing.assert_close(varlen, masked, atol=1e-5, rtol=1e-5)
 
 
+def test_reward_model_rows_equal_masked(make_chat_model, monkeypatch, calls):
+    from posttrain.models.reward import RewardHead, packed_head_outputs, reward_model_from_causal_lm
+
+    model, _ = reward_model_from_causal_lm(make_chat_model(), RewardHead(), seed=0)
+    model.eval()
+    batch = collate_packed(sequences()[:3])  # ids < 97, inside the 300-token vocabulary
+    monkeypatch.setenv(ATTENTION_ENV, "sdpa")
+    with torch.no_grad():
+        masked = packed_head_outputs(model, batch)
+        monkeypatch.setenv(ATTENTION_ENV, "varlen")
+        varlen = packed_head_outputs(model, batch)
+    assert len(calls) == model.config.num_hidden_layers and calls[0] == [0, 7, 19, 24]
+    torch.testing.assert_close(varlen, masked, atol=1e-5, rtol=1e-5)
+
+
 def test_when_it_is_used(monkeypatch):
     model = random_init_causal_lm("llama", **TINY)
     monkeypatch.delenv(ATTENTION_ENV, raising=False)
