@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from posttrain.recipe.console import RunConsole
 from posttrain.recipe.keys import plan_keys
 from posttrain.recipe.load import load_recipe
 from posttrain.recipe.plan import Plan, PlannedStage
+from posttrain.recipe.ranks import Processes, RankZeroFailedError, wait_for_stage
 from posttrain.recipe.rundir import (
     DONE, MANIFEST, RUN_FILES, RunLock, is_done, prepare_stage_dir, write_atomic, write_json_atomic,
 )
@@ -94,17 +96,22 @@ def run_recipe(
     forced = plan.downstream({stage.label for stage in plan.select(from_stage)}) if from_stage else set()
     console = console or RunConsole()
     summary = RunSummary(run_dir=run_dir)
+    processes = Processes.from_env()
+    if not processes.is_main:  # under torchrun: join rank 0's run (see posttrain.recipe.ranks)
+        _follow_stages(plan, run_dir, forced, processes, summary)
+        return summary
     with RunLock(run_dir):
         try:
             write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(plan.resolved, sort_keys=False))
             console.run_start(plan.name, str(run_dir), len(plan.stages))
-            _run_stages(plan, run_dir, forced, console, summary)
+            _run_stages(plan, run_dir, forced, console, summary, processes.launch)
         finally:
             _after(after_run, run_dir, console)
     return summary
 
 
-def _run_stages(plan: Plan, run_dir: Path, forced: set[str], console: RunConsole, summary: RunSummary) -> None:
+def _run_stages(plan: Plan, run_dir: Path, forced: set[str], console: RunConsole, summary: RunSummary,
+                launch: str) -> None:
     """Each stage in order: skipped when complete with the same key (and not forced), else run."""
     keys = plan_keys(plan.stages)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -116,10 +123,31 @@ def _run_stages(plan: Plan, run_dir: Path, forced: set[str], console: RunConsole
                 console.stage_skip(stage.label, stage.kind)
                 summary.skipped.append(stage.label)
                 continue
-            _run_stage(plan, stage, run_dir, key, components, fresh, metrics, console)
+            _run_stage(plan, stage, run_dir, key, components, fresh, metrics, console, launch)
             summary.ran.append(stage.label)
     finally:
         metrics.close()
+
+
+def _follow_stages(plan: Plan, run_dir: Path, forced: set[str], processes: Processes, summary: RunSummary) -> None:
+    """A rank other than 0: wait for each stage rank 0 runs; run the distributed ones beside it, writing nothing."""
+    keys = plan_keys(plan.stages)
+    for stage in plan.stages:
+        key, _ = keys[stage.label]
+        stage_dir = plan.stage_dir(run_dir, stage)
+        if stage.label not in forced and is_done(stage_dir, key):
+            summary.skipped.append(stage.label)
+            continue
+        distributed = stage.stage_cls.distributed
+        try:
+            wait_for_stage(stage_dir, key, processes.launch, started_is_enough=distributed)
+            if distributed:
+                ctx = _stage_context(plan, stage, run_dir, RowLog(os.devnull), RowLog(os.devnull), lambda row: None)
+                stage.stage_cls().run(stage.config, ctx)
+                wait_for_stage(stage_dir, key, processes.launch, started_is_enough=False)
+                summary.ran.append(stage.label)
+        except RankZeroFailedError as err:
+            raise StageFailedError(stage.label, stage.kind, err) from err
 
 
 def _after(after_run: Callable[[Path], Any] | None, run_dir: Path, console: RunConsole) -> None:
@@ -140,21 +168,34 @@ def _input_paths(plan: Plan, stage: PlannedStage, run_dir: Path) -> dict[str, li
     }
 
 
+def _stage_context(plan: Plan, stage: PlannedStage, run_dir: Path, quarantine: RowLog, dropped: RowLog,
+                   log_metrics: Callable[[dict[str, Any]], None]) -> StageContext:
+    return StageContext(
+        run_dir=run_dir, out_dir=plan.stage_dir(run_dir, stage), stage_id=stage.id, round=stage.round,
+        seed=stage.seed, inputs=_input_paths(plan, stage, run_dir), quarantine=quarantine, dropped=dropped,
+        log_metrics=log_metrics, max_quarantine_share=plan.max_quarantine_share,
+    )
+
+
 def _run_stage(plan: Plan, stage: PlannedStage, run_dir: Path, key: str, components: dict[str, Any],
-               fresh: bool, metrics: MetricsLog, console: RunConsole) -> None:
-    """One attempt at one stage: prepare its directory, run it, then manifest and `_DONE`."""
+               fresh: bool, metrics: MetricsLog, console: RunConsole, launch: str = "") -> None:
+    """One attempt at one stage: prepare its directory, run it, then manifest and `_DONE`.
+
+    Under torchrun (`launch` set) the manifest is written with status "running" before the stage starts:
+    that is what the other ranks wait for.
+    """
     stage_dir = plan.stage_dir(run_dir, stage)
     resuming = prepare_stage_dir(stage_dir, key, fresh, keep=RUN_FILES if plan.flat else frozenset())
     # Rejected-row logs restart with each attempt so their counts match their files.
     for name in ("quarantine.jsonl", "dropped.jsonl"):
         (stage_dir / name).unlink(missing_ok=True)
-    inputs = _input_paths(plan, stage, run_dir)
-    ctx = StageContext(
-        run_dir=run_dir, out_dir=stage_dir, stage_id=stage.id, round=stage.round, seed=stage.seed,
-        inputs=inputs, quarantine=RowLog(stage_dir / "quarantine.jsonl"), dropped=RowLog(stage_dir / "dropped.jsonl"),
-        log_metrics=metrics.for_stage(stage, key), max_quarantine_share=plan.max_quarantine_share,
-    )
+    ctx = _stage_context(plan, stage, run_dir, RowLog(stage_dir / "quarantine.jsonl"),
+                         RowLog(stage_dir / "dropped.jsonl"), metrics.for_stage(stage, key))
+    inputs = ctx.inputs
     manifest = _manifest_head(stage, key, components, inputs, resuming)
+    if launch:
+        manifest["launch"] = launch
+        write_json_atomic(stage_dir / MANIFEST, manifest)
     console.stage_start(stage.label, stage.kind, resuming)
     started = time.time()
     try:

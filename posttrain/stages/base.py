@@ -72,6 +72,9 @@ class Stage:
     # input name -> required? The runner checks a recipe binds every required input at load time.
     inputs: ClassVar[dict[str, bool]] = {}
     description: ClassVar[str] = ""
+    # Under torchrun: True = every rank runs it (training: the ranks meet in the engine's process group);
+    # False = rank 0 runs it alone and the other ranks wait (posttrain.recipe.ranks).
+    distributed: ClassVar[bool] = False
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError

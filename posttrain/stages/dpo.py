@@ -73,6 +73,7 @@ def _model_identity(path: Path) -> str:
 class DPO(Stage):
     kind = "dpo"
     version = 1
+    distributed = True
     Config = DPOStageConfig
     inputs = {"model": True, "pairs": True, "reference": False, "replay": False}
     description = ("Preference optimisation (DPO family, RPO) with reference log-probs precomputed once; "

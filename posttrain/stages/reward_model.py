@@ -122,6 +122,7 @@ class RewardModelConfig(TrainConfig):
 class RewardModel(Stage):
     kind = "reward_model"
     version = 3
+    distributed = True
     Config = RewardModelConfig
     inputs = {"model": True, "pairs": False, "scored": False, "policy": False, "prompts": False, "ensemble": False}
     description = ("Train a reward model (Bradley-Terry, margin, AFM soft label, HelpSteer2 attributes; centering, "
@@ -162,7 +163,7 @@ class RewardModel(Stage):
         scale = _record_scale(scorer, reward_dir, groups, dist)
         metrics = {"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
                    "head": head.as_config(), "loss": config.loss, "reward_scale": scale}
-        if ctx.inputs.get("policy") and ctx.inputs.get("prompts"):
+        if ctx.inputs.get("policy") and ctx.inputs.get("prompts") and dist.is_main:  # under torchrun: rank 0 alone
             metrics.update(_evaluate(config, ctx, scorer, scale))
         return StageResult(counts=counts, metrics=metrics, outputs=summary["outputs"])
 

@@ -30,6 +30,7 @@ def source_name(path) -> str:
 class SFT(Stage):
     kind = "sft"
     version = 1
+    distributed = True
     Config = SFTStageConfig
     inputs = {"model": True, "data": True}
     description = "Supervised fine-tuning (packed, assistant-only loss, NEFTune, mixtures, LoRA, resume)."

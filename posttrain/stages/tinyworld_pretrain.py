@@ -83,6 +83,7 @@ def pretraining_rows(docs: list[list[int]], context: int, stream: bool) -> list[
 class TinyWorldPretrain(Stage):
     kind = "tinyworld_pretrain"
     version = 2
+    distributed = True
     Config = TinyWorldPretrainConfig
     description = "Train the tiny world's tokenizer and pretrain its small Llama base model on world text."
 

@@ -141,5 +141,28 @@ class FakeScores(Stage):
         return StageResult(metrics={"scores": scores, "examples": examples, "final_loss": 0.4})
 
 
-for _cls in (FakeWrite, FakeSlow, FakeQuarantine, FakeScores):
+class FakeDistributed(Stage):
+    """Under torchrun every rank runs it: sums rank + 1 over a gloo process group, notes and logs its rank."""
+
+    kind = "fake_distributed"
+    distributed = True
+    inputs = {"src": False}
+    description = "Test stage: one all-reduce over every rank."
+
+    def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
+        import torch
+
+        from posttrain.train.distributed import all_reduce_sum, init_distributed
+
+        dist = init_distributed(torch.device("cpu"))
+        total = all_reduce_sum(torch.tensor([float(dist.rank + 1)]), dist).item()
+        note_call(ctx, f" rank={dist.rank}")
+        ctx.log_metrics({"rank": dist.rank, "sum": total})
+        ctx.quarantine.add("fake_reason", file="in.jsonl", line=dist.rank + 1)
+        if dist.is_main:
+            (ctx.out_dir / "out.txt").write_text(f"sum={total:g}", encoding="utf-8")
+        return StageResult(counts={"world_size": dist.world_size}, outputs={"out": "out.txt"})
+
+
+for _cls in (FakeWrite, FakeSlow, FakeQuarantine, FakeScores, FakeDistributed):
     registry.register(_cls.kind, _cls)
