@@ -262,23 +262,28 @@ def cached_reference_logps(
     ctx: DistContext | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """The reference log-probs stored at `path` when they are for these pairs and this reference, else
-    `compute()` them (on the main process) and store them atomically; returns (logps (P, 2), from_cache)."""
+    `compute()` them (on the main process) and store them atomically; returns (logps (P, 2), from_cache).
+
+    Only the main process looks at the cache, and every process passes the barrier either way: a rank
+    that found the file its main had just written, and skipped the barrier, would pair the main's
+    barrier with the next collective (DDP's) and hang both. Other ranks report from_cache False.
+    """
     ctx = ctx or init_distributed()
     fingerprint = data_fingerprint(pairs, reference_name)
-    cached = _read_reference(path, fingerprint)
-    if cached is not None:
-        return cached, True
+    from_cache = False
     if ctx.is_main:
-        logps = compute()
-        tmp = path.with_suffix(".tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "reference": reference_name,
-                                   "logps": logps.tolist()}), encoding="utf-8")
-        os.replace(tmp, path)
+        from_cache = _read_reference(path, fingerprint) is not None
+        if not from_cache:
+            logps = compute()
+            tmp = path.with_suffix(".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "reference": reference_name,
+                                       "logps": logps.tolist()}), encoding="utf-8")
+            os.replace(tmp, path)
     barrier(ctx)
     logps = _read_reference(path, fingerprint)
     assert logps is not None, f"{path}: reference log-probs were not written"
-    return logps, False
+    return logps, from_cache
 
 
 def _read_reference(path: Path, fingerprint: str) -> torch.Tensor | None:

@@ -79,6 +79,35 @@ def test_reference_is_cached_and_recomputed_only_for_other_data(tmp_path):
     assert len(calls) == 3
 
 
+def _late_rank(rank: int, path: str, store: str, results: str) -> None:
+    """One of 2 gloo processes: rank 1 arrives only after rank 0 has written the reference file."""
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    ctx = DistContext(rank=rank, world_size=2)
+    while rank == 1 and not Path(path).exists():
+        time.sleep(0.01)
+    logps, _ = cached_reference_logps(Path(path), lambda: torch.ones(4, 2), toy_pairs(4), "ref", ctx)
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)  # the next collective: it pairs with the other rank's all_reduce, not a stray barrier
+    Path(results, f"rank{rank}").write_text(f"{total.item():g} {logps.sum().item():g}")
+    dist.destroy_process_group()
+
+
+def test_a_late_rank_still_meets_the_main_at_the_barrier(tmp_path):
+    """Regression: a rank that found the file its main had just written skipped the barrier and paired the main's
+    barrier with DDP's first collective: both hung (seen running the dpo stage under torchrun)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_late_rank, args=(str(tmp_path / "ref.json"), str(tmp_path / "store"), str(tmp_path)),
+                       nprocs=2, start_method="spawn", join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["3 8", "3 8"]
+
+
 def with_reference(model, pairs):
     logps = reference_logps(model, pairs, 4096, 64, CPU)
     return [{**p, "reference": tuple(lp)} for p, lp in zip(pairs, logps.tolist())]
