@@ -122,3 +122,18 @@ def test_cuda_flash_kernel_matches_masked_sdpa(arch, monkeypatch):
     torch.testing.assert_close(results["varlen"][0], results["sdpa"][0], atol=0.05, rtol=0.01)
     cosine = torch.nn.functional.cosine_similarity(results["varlen"][1].flatten(), results["sdpa"][1].flatten(), dim=0)
     assert cosine > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash kernel needs a GPU")
+def test_cuda_reward_model_rows_match_masked_sdpa(make_chat_model, monkeypatch):
+    from posttrain.models.reward import RewardHead, packed_head_outputs, reward_model_from_causal_lm
+
+    model, _ = reward_model_from_causal_lm(make_chat_model(), RewardHead(), seed=0, device="cuda")
+    model = model.float().eval()
+    batch = collate_packed(sequences()[:3]).to("cuda")
+    results = {}
+    for choice in ("sdpa", "varlen"):
+        monkeypatch.setenv(ATTENTION_ENV, choice)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            results[choice] = packed_head_outputs(model, batch).float()
+    torch.testing.assert_close(results["varlen"], results["sdpa"], atol=0.05, rtol=0.05)
