@@ -111,7 +111,7 @@ def test_reward_model_scorer_batches_and_weights(tmp_path, chat_model):
     path = save_reward_model(model, tokenizer, tmp_path / "rm")
     prompts = [Prompt(messages=c[:1]) for c in chats()]
     responses = [c[1:] for c in chats()]
-    scorer = RewardModelScorer(path, batch_size=2)
+    scorer = RewardModelScorer(path, batch_size=2, device="cpu")  # compared with the float32 CPU model below
     assert isinstance(scorer, Scorer) and scorer.name == "reward_model"
     scores = scorer.score(prompts, responses)
     expected = packed_outputs(model, token_ids(tokenizer, chats())) @ torch.tensor(HELPSTEER2_WEIGHTS)
