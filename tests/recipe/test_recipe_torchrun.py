@@ -20,7 +20,7 @@ from posttrain.recipe.rundir import DONE, MANIFEST, RunDirError  # noqa: E402
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-def torchrun_recipe(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+def torchrun_recipe(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "ranks", "stages": [
         {"id": "a", "kind": "fake_write"},
@@ -30,7 +30,7 @@ def torchrun_recipe(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProces
     env = dict(os.environ, POSTTRAIN_PLUGINS="fake_stages", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "posttrain.cli", "run", str(recipe),
-               "--run-dir", str(run_dir)]
+               "--run-dir", str(run_dir), *extra]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -52,6 +52,10 @@ def test_two_ranks_run_a_recipe_once(tmp_path):
     again = torchrun_recipe(tmp_path, run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert fake_stages.calls(run_dir) == calls
+    # a third reruns b and what follows: the other rank does not take b's earlier _DONE (same key) for this launch's
+    forced = torchrun_recipe(tmp_path, run_dir, "--from-stage", "b")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert sorted(fake_stages.calls(run_dir)[len(calls):]) == ["b rank=0", "b rank=1", "c"]
 
 
 def write_manifest(stage_dir: Path, **fields) -> None:
