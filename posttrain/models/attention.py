@@ -7,7 +7,7 @@ flash-attention convention), so a packed row costs what its sequences cost alone
 Qwen2-0.5B shape ran 1.9x faster with it than with masked rows (benchmarks/README.md).
 
 How it is wired into transformers: `VARLEN` is registered in transformers' `AttentionInterface`
-(and deliberately not in its mask interface, so no mask is built at all), and `varlen_forward`
+(and deliberately not in its mask interface, so no mask is built at all), and `packed_forward`
 switches a model to it for one forward, passing the boundaries as the flash-attention keyword
 arguments (`cu_seq_lens_q`, `max_length_q`, ...) that every decoder layer hands on to its attention
 function. Generation and padded batches keep the model's own attention.
@@ -107,7 +107,7 @@ def varlen_attention_forward(
     """transformers' attention-function signature: query (1, Hq, T, D), key/value (1, Hkv, T, D) -> (1, T, Hq, D)."""
     cu_seqlens, max_length = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     if cu_seqlens is None or max_length is None:
-        raise ValueError(f"{VARLEN} attention needs cu_seq_lens_q and max_length_q (use models.attention.varlen_forward)")
+        raise ValueError(f"{VARLEN} attention needs cu_seq_lens_q and max_length_q (use models.attention.packed_forward)")
     if query.shape[0] != 1 or attention_mask is not None:
         raise ValueError(f"{VARLEN} attention takes one packed row and no mask, got batch {query.shape[0]}")
     if dropout or sliding_window or getattr(module, "attn_logit_softcapping", None):
@@ -133,12 +133,15 @@ def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-def varlen_forward(model: nn.Module, base: nn.Module, seq_lens: list[int], device: torch.device, **inputs) -> Any:
-    """`model(**inputs)` with VARLEN attention over one packed row of sequences of `seq_lens` tokens.
+def packed_forward(model: nn.Module, base: nn.Module, seq_lens: list[int], device: torch.device, **inputs) -> Any:
+    """`model(**inputs)` over one packed row of sequences of `seq_lens` tokens, with VARLEN attention where
+    `varlen_enabled`, else as it is (transformers then masks across the position-id restarts).
 
-    `model` is what is called (it may be a DDP/PEFT wrapper), `base` the transformers model inside it
+    `model` is what is called (it may be a DDP/PEFT wrapper, or a decoder), `base` the transformers model
     whose config selects the attention. inputs must hold `position_ids` restarting per sequence.
     """
+    if not varlen_enabled(base, device):
+        return model(**inputs)
     cu_seqlens = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.tensor(seq_lens, dtype=torch.int32).cumsum(0)
     cu_seqlens = cu_seqlens.to(device, non_blocking=True)

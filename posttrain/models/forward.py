@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from posttrain.data.packing import PackedBatch, PaddedBatch
-from posttrain.models.attention import varlen_enabled, varlen_forward
+from posttrain.models.attention import packed_forward
 
 _NO_LOGIT_POSITIONS = torch.zeros(0, dtype=torch.long)
 
@@ -73,10 +73,9 @@ def last_hidden_state(model: nn.Module, device: torch.device, seq_lens: list[int
         logits_to_keep=_NO_LOGIT_POSITIONS.to(device),  # logits (B, 0, V): no LM head work here
         return_dict=True,
     )
-    base = unwrap_model(model)
-    if seq_lens is not None and varlen_enabled(base, device):
-        return varlen_forward(model, base, seq_lens, device, **inputs).hidden_states[-1]
-    return model(**inputs).hidden_states[-1]
+    if seq_lens is None:
+        return model(**inputs).hidden_states[-1]
+    return packed_forward(model, unwrap_model(model), seq_lens, device, **inputs).hidden_states[-1]
 
 
 def packed_hidden_states(

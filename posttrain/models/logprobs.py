@@ -156,7 +156,8 @@ def sequence_logprobs(
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # (n,)
     if int(lengths.sum()) != masked.numel():
         raise ValueError(f"cu_seqlens cover {int(lengths.sum())} tokens, token log-probs have {masked.numel()}")
-    seq_index = torch.repeat_interleave(torch.arange(len(lengths), device=masked.device), lengths.to(masked.device))
+    seq_index = torch.repeat_interleave(torch.arange(len(lengths), device=masked.device), lengths.to(masked.device),
+                                        output_size=masked.numel())  # size known: no device sync
     return torch.zeros(len(lengths), dtype=torch.float32, device=masked.device).index_add(0, seq_index, masked)
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from posttrain.data.packing import PackedBatch
-from posttrain.models.attention import varlen_enabled, varlen_forward
+from posttrain.models.attention import packed_forward
 from posttrain.models.forward import unwrap_model
 from posttrain.models.loading import check_safetensors_only, choose_pad_token_id, load_tokenizer, save_state_dict_as_hf
 from posttrain.models.runtime import default_dtype
@@ -221,12 +221,9 @@ def packed_hidden(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     if batch.input_ids.shape[0] != 1:
         raise ValueError(f"a packed batch is one row, got input_ids of shape {tuple(batch.input_ids.shape)}")
     base = unwrap_model(model)
-    backbone, device = base.get_decoder(), batch.input_ids.device
     # No attention_mask on purpose: a mask (even all ones) disables transformers' packed-sequence masking.
-    inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
-    if varlen_enabled(base, device):  # variable-length flash attention on CUDA (models.attention)
-        return varlen_forward(backbone, base, batch.seq_lens, device, **inputs).last_hidden_state
-    return backbone(**inputs).last_hidden_state
+    return packed_forward(base.get_decoder(), base, batch.seq_lens, batch.input_ids.device, input_ids=batch.input_ids,
+                          position_ids=batch.position_ids, use_cache=False).last_hidden_state
 
 
 def packed_head_outputs(model: nn.Module, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:

@@ -196,19 +196,19 @@ class PackedRows:
         kernel keeping sequences apart; otherwise they are stacked (R, T) and transformers masks each row.
         """
         device = self.rows[0].input_ids.device
+        seq_lens = [n for row in self.rows for n in row.seq_lens]  # in row order
         flat = varlen_enabled(unwrap_model(model), device)
         input_ids, position_ids, targets, loss_mask = self.flat() if flat else self.stacked()
-        seq_lens = [n for row in self.rows for n in row.seq_lens] if flat else None
-        hidden = last_hidden_state(model, device, seq_lens, input_ids=input_ids, position_ids=position_ids)
+        hidden = last_hidden_state(model, device, seq_lens if flat else None, input_ids=input_ids,
+                                   position_ids=position_ids)
         picked = token_logprobs(hidden[loss_mask], lm_head_of(model), targets[loss_mask], chunk_size)  # (N,)
         token_lp = torch.zeros(loss_mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(loss_mask, picked)
-        widths = [row.input_ids.shape[1] for row in self.rows]
-        if flat:  # (1, T) -> each row's (1, n_r)
-            row_lp, row_mask = token_lp.split(widths, dim=1), loss_mask.split(widths, dim=1)
-        else:  # (R, W) -> each row's (n_r,), its end padding cut
-            row_lp, row_mask = [token_lp[r, :n] for r, n in enumerate(widths)], [loss_mask[r, :n] for r, n in enumerate(widths)]
-        per_row = [sequence_logprobs(lp, mask, row.cu_seqlens) for lp, mask, row in zip(row_lp, row_mask, self.rows)]
-        in_row_order = torch.cat(per_row)  # (n_seq,)
+        if not flat:  # (R, W) -> (T,): every row without its end padding, end to end as in the flat layout
+            widths = [row.input_ids.shape[1] for row in self.rows]
+            token_lp = torch.cat([token_lp[r, :n] for r, n in enumerate(widths)])
+            loss_mask = torch.cat([loss_mask[r, :n] for r, n in enumerate(widths)])
+        cu_seqlens = torch.tensor([0, *seq_lens]).cumsum(0)  # on the CPU: the boundaries need no device sync
+        in_row_order = sequence_logprobs(token_lp, loss_mask, cu_seqlens)  # (n_seq,)
         return torch.zeros_like(in_row_order).index_copy(0, self.slots, in_row_order)
 
 
