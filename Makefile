@@ -40,7 +40,7 @@ slow: $(STAMP)
 clean-runs:
 	rm -rf runs/
 
-# Rebuild the tiny world's tokenizer and base model from its seed (about 15 minutes on 2 cores),
+# Rebuild the tiny world's tokenizer and base model from its seed (about 30 minutes on 2 cores),
 # then ship it. Recommit rarely: every version stays in the history.
 base-model: $(STAMP)
 	$(BIN)/posttrain tinyworld pretrain --out runs/base-model --set n_docs=30000

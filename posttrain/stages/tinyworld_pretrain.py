@@ -21,11 +21,16 @@ class PretrainTrainConfig(TrainConfig):
     micro_batch_tokens: int = Field(512, ge=1, description="token budget of one packed micro-batch row")
     accumulation: int = Field(8, ge=1, description="micro-batches per optimizer step")
     checkpoint_every: int = Field(25, ge=0, description="resumable checkpoint every N steps")
-    epochs: int = Field(1, ge=1, description="passes over the documents")
+    # Four passes: in-context copying (induction) appears only after about 700 steps, and with the
+    # copying documents at half the draw (measured: none after 375 steps, a start after 750, copy
+    # accuracy 0.80 at step 775 and 0.88 at the end of 1,488).
+    epochs: int = Field(4, ge=1, description="passes over the documents")
 
 
 class TinyWorldPretrainConfig(StageConfig):
     n_docs: int = Field(40000, ge=10, description="pretraining documents drawn from the world corpus")
+    copy_weight: float = Field(15.0, ge=0, description="weight of the copying documents (a span said again a few "
+                                                        "tokens later) against 15 for all the others; 0 = none")
     tokenizer_docs: int = Field(8000, ge=10, description="documents the tokenizer is trained on")
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size, special tokens included")
     template: str = Field("chatml", description="chat template installed with the tokenizer")
@@ -80,9 +85,36 @@ def pretraining_rows(docs: list[list[int]], context: int, stream: bool) -> list[
     return rows
 
 
+def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1) -> float:
+    """Greedy top-1 accuracy on the second saying of a random run of world words (in-context copying).
+
+    The run is never in the corpus (its own random draw), so only a model that copies from its context
+    predicts it: a model without induction heads scores about 0 however well it knows the world.
+    """
+    import random
+
+    import torch
+
+    from posttrain.tinyworld.corpus import _copy_vocabulary
+
+    rng = random.Random(f"tinyworld/copy-probe/{seed}")
+    start = tokenizer(tokenizer.pad_token + "Remember this: ", add_special_tokens=False)["input_ids"]
+    again = tokenizer(". Again: ", add_special_tokens=False)["input_ids"]
+    hits = total = 0
+    model.eval()
+    for _ in range(n):
+        span = tokenizer(" ".join(_copy_vocabulary(rng) for _ in range(8)), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([start + span + again + span])
+        with torch.no_grad():
+            predicted = model(input_ids=ids).logits[0, -len(span) - 1:-1].argmax(-1)
+        hits += int((predicted == ids[0, -len(span):]).sum())
+        total += len(span)
+    return hits / total
+
+
 class TinyWorldPretrain(Stage):
     kind = "tinyworld_pretrain"
-    version = 2
+    version = 3
     distributed = True
     Config = TinyWorldPretrainConfig
     description = "Train the tiny world's tokenizer and pretrain its small Llama base model on world text."
@@ -98,7 +130,7 @@ class TinyWorldPretrain(Stage):
 
         set_cpu_threads()
         seed_everything(ctx.seed)
-        docs = list(world_corpus(ctx.seed, config.n_docs))
+        docs = list(world_corpus(ctx.seed, config.n_docs, config.copy_weight))
         tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200, config.template),
                                         config.vocab_size, config.template)
         separator = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)  # <|endoftext|> ends a document
@@ -121,6 +153,7 @@ class TinyWorldPretrain(Stage):
         return StageResult(
             counts={"documents": len(docs), "tokens": tokens, "steps": summary["steps"], "parameters": params,
                     "vocab_size": len(tokenizer)},
-            metrics={"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1)},
+            metrics={"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
+                     "copy_accuracy": round(copy_accuracy(model, tokenizer), 3)},
             outputs=summary["outputs"],
         )

@@ -13,7 +13,7 @@ from posttrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # Mean token NLL at the 6th SFT step of the reduced run, measured on x86 CPU (float32, seed 0).
-PINNED_SFT_LOSS = 5.0124
+PINNED_SFT_LOSS = 5.6532
 
 
 def _stages(recipe: dict):

@@ -56,3 +56,13 @@ def test_streamed_rows_run_across_documents_and_fill_the_context():
     assert all(all(r["loss_mask"]) for r in streamed)
     per_doc = pretraining_rows(docs, context=3, stream=False)
     assert [r["input_ids"] for r in per_doc] == [[1, 2, 0], [3, 4, 5], [6, 0]]  # [0] alone is dropped
+
+
+def test_shipped_base_model_copies_from_its_context():
+    """Pretrained with copying documents, the base model repeats a run of world words it has just read."""
+    from posttrain.models.loading import load_causal_lm
+    from posttrain.stages.tinyworld_pretrain import copy_accuracy
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_causal_lm(BASE)
+    assert copy_accuracy(model, tokenizer, n=32) >= 0.6
