@@ -127,9 +127,14 @@ def test_packed_batch_must_be_one_row():
 
 def test_forward_goes_through_ddp(tmp_path):
     """Through DDP's own forward (its gradient hooks need it), with a 1-process gloo group."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    # A timeout, so that a stuck gloo collective fails the test instead of hanging the suite (it hung
+    # once in a full run, in a futex wait; it passed alone and in every other run).
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=60))
     try:
         model = tiny_model("llama")
         ddp = torch.nn.parallel.DistributedDataParallel(model)
