@@ -95,7 +95,7 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1) -> float:
 
     import torch
 
-    from posttrain.tinyworld.corpus import _copy_vocabulary
+    from posttrain.tinyworld.corpus import copy_word
 
     rng = random.Random(f"tinyworld/copy-probe/{seed}")
     start = tokenizer(tokenizer.pad_token + "Remember this: ", add_special_tokens=False)["input_ids"]
@@ -103,7 +103,7 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1) -> float:
     hits = total = 0
     model.eval()
     for _ in range(n):
-        span = tokenizer(" ".join(_copy_vocabulary(rng) for _ in range(8)), add_special_tokens=False)["input_ids"]
+        span = tokenizer(" ".join(copy_word(rng) for _ in range(8)), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([start + span + again + span])
         with torch.no_grad():
             predicted = model(input_ids=ids).logits[0, -len(span) - 1:-1].argmax(-1)

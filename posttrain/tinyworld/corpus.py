@@ -3,7 +3,8 @@
 The base model and its tokenizer learn the world from these: every city and fruit fact the
 families ask about (eval cities included, so recall is possible), arithmetic written out, the
 tools' domains (units, weather), the answer formats the families use (lists, JSON, capitals),
-short Python functions, and a few long multi-paragraph stories for long-context families.
+short Python functions, a few long multi-paragraph stories for long-context families, and (by
+`copy_weight`) copying documents, from which a small model learns to repeat what its context says.
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def _story_doc(rng: random.Random) -> str:
 # the previous answer quoted in a revision, a word count kept. These documents make a span of text
 # recur a few to a few dozen tokens later, in plain prose, with names, numbers and words drawn from
 # the whole world (eval entities included, as in every document here).
-def _copy_vocabulary(rng: random.Random) -> str:
+def copy_word(rng: random.Random) -> str:
+    """One word of a copying document: a name, city, number, unit, item or fruit of the world."""
     pick = rng.random()
     if pick < 0.25:
         return rng.choice(PEOPLE)
@@ -140,9 +142,10 @@ def _copy_vocabulary(rng: random.Random) -> str:
 
 def _echo_doc(rng: random.Random) -> str:
     """A random run of words, said again once or twice (the induction pattern, in prose)."""
-    words = " ".join(_copy_vocabulary(rng) for _ in range(rng.randint(3, 14)))
+    words = " ".join(copy_word(rng) for _ in range(rng.randint(3, 14)))
     opener = rng.choice(["The code word list is", "Write down", "The sign said", "Remember this"])
-    again = [rng.choice([f"Again: {words}.", f"Once more, {words}.", f'I said "{words}".']) for _ in range(rng.randint(1, 3))]
+    sayings = [f"Again: {words}.", f"Once more, {words}.", f'I said "{words}".']
+    again = [rng.choice(sayings) for _ in range(rng.randint(1, 3))]
     return f"{opener}: {words}. " + " ".join(again)
 
 

@@ -37,7 +37,8 @@ def test_copy_documents_say_a_span_again_and_weight_zero_leaves_the_corpus_as_it
     plain = list(world_corpus(0, 400))
     assert list(world_corpus(0, 400, copy_weight=0.0)) == plain
     mixed = list(world_corpus(0, 400, copy_weight=15.0))
-    echoes = [doc for doc in mixed if doc.split(":")[0] in ("The code word list is", "Write down", "The sign said", "Remember this")]
+    openers = ("The code word list is", "Write down", "The sign said", "Remember this")
+    echoes = [doc for doc in mixed if doc.split(":")[0] in openers]
     ledgers = [doc for doc in mixed if " has " in doc and " in " in doc and doc not in plain]
     assert 60 <= len(echoes) <= 140 and 60 <= len(ledgers) <= 140  # half the weight: about a quarter each
     for doc in echoes:
