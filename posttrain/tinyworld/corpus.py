@@ -4,7 +4,7 @@ The base model and its tokenizer learn the world from these: every city and frui
 families ask about (eval cities included, so recall is possible), arithmetic written out, the
 tools' domains (units, weather), the answer formats the families use (lists, JSON, capitals),
 short Python functions, a few long multi-paragraph stories for long-context families, and (by
-`copy_weight`) copying documents, from which a small model learns to repeat what its context says.
+`copy_share`) copying documents, from which a small model learns to repeat what its context says.
 """
 from __future__ import annotations
 
@@ -126,6 +126,11 @@ def _story_doc(rng: random.Random) -> str:
 # the previous answer quoted in a revision, a word count kept. These documents make a span of text
 # recur a few to a few dozen tokens later, in plain prose, with names, numbers and words drawn from
 # the whole world (eval entities included, as in every document here).
+_UNITS = tuple(sorted({unit for pair in UNIT_FACTORS for unit in pair}))
+_THINGS = ITEMS + tuple(fruit.name for fruit in FRUITS)
+ECHO_OPENERS = ("The code word list is", "Write down", "The sign said", "Remember this")
+
+
 def copy_word(rng: random.Random) -> str:
     """One word of a copying document: a name, city, number, unit, item or fruit of the world."""
     pick = rng.random()
@@ -136,14 +141,14 @@ def copy_word(rng: random.Random) -> str:
     if pick < 0.7:
         return str(rng.randint(0, 999))
     if pick < 0.8:
-        return rng.choice(sorted({unit for pair in UNIT_FACTORS for unit in pair}))
-    return rng.choice(ITEMS + tuple(fruit.name for fruit in FRUITS))
+        return rng.choice(_UNITS)
+    return rng.choice(_THINGS)
 
 
 def _echo_doc(rng: random.Random) -> str:
-    """A random run of words, said again once or twice (the induction pattern, in prose)."""
+    """A random run of words, said again one to three times (the induction pattern, in prose)."""
     words = " ".join(copy_word(rng) for _ in range(rng.randint(3, 14)))
-    opener = rng.choice(["The code word list is", "Write down", "The sign said", "Remember this"])
+    opener = rng.choice(ECHO_OPENERS)
     sayings = [f"Again: {words}.", f"Once more, {words}.", f'I said "{words}".']
     again = [rng.choice(sayings) for _ in range(rng.randint(1, 3))]
     return f"{opener}: {words}. " + " ".join(again)
@@ -172,14 +177,18 @@ _DOCS: list[tuple[Callable[[random.Random], str], float]] = [
 _COPY_DOCS: list[tuple[Callable[[random.Random], str], float]] = [(_echo_doc, 1), (_ledger_doc, 1)]
 
 
-def world_corpus(seed: int, n_docs: int, copy_weight: float = 0.0) -> Iterator[str]:
+def world_corpus(seed: int, n_docs: int, copy_share: float = 0.0) -> Iterator[str]:
     """n_docs documents, the same for the same seed.
 
-    copy_weight: the copying documents' share of the draw, relative to the others' total weight of
-    15 (0 = none, and then the same documents as before they existed).
+    copy_share: the copying documents' share of the draw (0 = none, and then the same documents as
+    before they existed; 0.5 = as many as all the others together).
     """
+    if not 0 <= copy_share < 1:
+        raise ValueError(f"copy_share must be in [0, 1), got {copy_share}")
     rng = random.Random(f"tinyworld/corpus/{seed}")
+    others = sum(weight for _, weight in _DOCS)
+    copies = copy_share / (1 - copy_share) * others  # the copying documents' total weight
     makers = [maker for maker, _ in _DOCS + _COPY_DOCS]
-    weights = [weight for _, weight in _DOCS] + [copy_weight * w / sum(w for _, w in _COPY_DOCS) for _, w in _COPY_DOCS]
+    weights = [weight for _, weight in _DOCS] + [copies * w / sum(w for _, w in _COPY_DOCS) for _, w in _COPY_DOCS]
     for _ in range(n_docs):
         yield rng.choices(makers, weights)[0](rng)

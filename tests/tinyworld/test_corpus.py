@@ -1,7 +1,10 @@
 """The pretraining corpus: plain text, deterministic, covering the world's facts and formats."""
 import re
 
+import pytest
+
 from posttrain.tinyworld import world_corpus
+from posttrain.tinyworld.corpus import ECHO_OPENERS
 from posttrain.tinyworld.facts import CITIES, FRUITS
 
 PLACES = {city.name for city in CITIES}
@@ -35,10 +38,11 @@ def test_corpus_is_not_chat_transcripts():
 
 def test_copy_documents_say_a_span_again_and_weight_zero_leaves_the_corpus_as_it_was():
     plain = list(world_corpus(0, 400))
-    assert list(world_corpus(0, 400, copy_weight=0.0)) == plain
-    mixed = list(world_corpus(0, 400, copy_weight=15.0))
-    openers = ("The code word list is", "Write down", "The sign said", "Remember this")
-    echoes = [doc for doc in mixed if doc.split(":")[0] in openers]
+    assert list(world_corpus(0, 400, copy_share=0.0)) == plain
+    mixed = list(world_corpus(0, 400, copy_share=0.5))
+    with pytest.raises(ValueError, match="copy_share"):
+        next(world_corpus(0, 1, copy_share=1.0))
+    echoes = [doc for doc in mixed if doc.split(":")[0] in ECHO_OPENERS]
     ledgers = [doc for doc in mixed if " has " in doc and " in " in doc and doc not in plain]
     assert 60 <= len(echoes) <= 140 and 60 <= len(ledgers) <= 140  # half the weight: about a quarter each
     for doc in echoes:
