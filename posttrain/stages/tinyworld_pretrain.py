@@ -23,7 +23,8 @@ class PretrainTrainConfig(TrainConfig):
     checkpoint_every: int = Field(25, ge=0, description="resumable checkpoint every N steps")
     # Four passes: in-context copying (induction) appears late and suddenly. Copy accuracy measured:
     # 0.02 after one pass with a quarter of the draw copying documents (375 steps), 0.07 after two
-    # with 40% (748 steps); with half the draw 0.10 at step 425, 0.80 at step 775, 0.88 at 1,488.
+    # with 40% (748 steps); with half the draw 0.10 at step 425, 0.80 at step 775, 0.88 at 1,488
+    # (the shipped model); with `single_digits` (more tokens, 1,804 steps) 0.94.
     epochs: int = Field(4, ge=1, description="passes over the documents")
 
 
@@ -33,6 +34,10 @@ class TinyWorldPretrainConfig(StageConfig):
                                                            "said again a few tokens later); 0 = none")
     tokenizer_docs: int = Field(8000, ge=10, description="documents the tokenizer is trained on")
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size, special tokens included")
+    # Measured once (README): the shipped base's tokenizer keeps GPT-2's split; with single digits
+    # copying rose (0.94, quoted 0.99) but the quickstart's SFT and DPO scored lower.
+    single_digits: bool = Field(False, description="split numbers into single digits, never joined to the space "
+                                                   "before them, so ' 86' and '\"86' share tokens (data/bpe.py)")
     template: str = Field("chatml", description="chat template installed with the tokenizer")
     hidden_size: int = Field(192, ge=16, description="model width")
     num_layers: int = Field(6, ge=1, description="decoder layers")
@@ -85,11 +90,15 @@ def pretraining_rows(docs: list[list[int]], context: int, stream: bool) -> list[
     return rows
 
 
-def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1) -> float:
+def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1, quoted: bool = False) -> float:
     """Greedy top-1 accuracy on the second saying of a random run of world words (in-context copying).
 
     The run is never in the corpus (its own random draw), so only a model that copies from its context
     predicts it: a model without induction heads scores about 0 however well it knows the world.
+    quoted: the run is said first after spaces, then inside a quote ('... 86 Orlan. I said "86 Orlan'),
+    and only the quoted first word is scored: there it is another token than the one read (' Orlan'
+    vs '"Orlan'; ' 86' vs '86' unless digits are split), as a question's city or number is in a tool
+    call's JSON arguments.
     """
     import random
 
@@ -98,17 +107,22 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1) -> float:
     from posttrain.tinyworld.corpus import copy_word
 
     rng = random.Random(f"tinyworld/copy-probe/{seed}")
-    start = tokenizer(tokenizer.pad_token + "Remember this: ", add_special_tokens=False)["input_ids"]
-    again = tokenizer(". Again: ", add_special_tokens=False)["input_ids"]
+    start = tokenizer(tokenizer.pad_token + "Remember this:" if quoted else tokenizer.pad_token + "Remember this: ",
+                      add_special_tokens=False)["input_ids"]
+    again = tokenizer('. I said "' if quoted else ". Again: ", add_special_tokens=False)["input_ids"]
     hits = total = 0
     model.eval()
     for _ in range(n):
-        span = tokenizer(" ".join(copy_word(rng) for _ in range(8)), add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([start + span + again + span])
+        words = " ".join(copy_word(rng) for _ in range(8))
+        span = tokenizer(words, add_special_tokens=False)["input_ids"]
+        first = tokenizer(" " + words, add_special_tokens=False)["input_ids"] if quoted else span
+        ids = torch.tensor([start + first + again + span])
+        scored = len(tokenizer(words.split()[0], add_special_tokens=False)["input_ids"]) if quoted else len(span)
+        begin = len(start) + len(first) + len(again)
         with torch.no_grad():
-            predicted = model(input_ids=ids).logits[0, -len(span) - 1:-1].argmax(-1)
-        hits += int((predicted == ids[0, -len(span):]).sum())
-        total += len(span)
+            predicted = model(input_ids=ids).logits[0, begin - 1:begin - 1 + scored].argmax(-1)
+        hits += int((predicted == ids[0, begin:begin + scored]).sum())
+        total += scored
     return hits / total
 
 
@@ -132,7 +146,7 @@ class TinyWorldPretrain(Stage):
         seed_everything(ctx.seed)
         docs = list(world_corpus(ctx.seed, config.n_docs, config.copy_share))
         tokenizer = train_bytelevel_bpe(docs[: config.tokenizer_docs] + family_text(ctx.seed, 200, config.template),
-                                        config.vocab_size, config.template)
+                                        config.vocab_size, config.template, single_digits=config.single_digits)
         separator = tokenizer.convert_tokens_to_ids(tokenizer.pad_token)  # <|endoftext|> ends a document
         examples = pretraining_rows([tokenizer(doc, add_special_tokens=False)["input_ids"] + [separator] for doc in docs],
                                     config.context, config.stream)
@@ -154,6 +168,7 @@ class TinyWorldPretrain(Stage):
             counts={"documents": len(docs), "tokens": tokens, "steps": summary["steps"], "parameters": params,
                     "vocab_size": len(tokenizer)},
             metrics={"final_loss": summary["final_loss"], "train_seconds": round(summary["seconds"], 1),
-                     "copy_accuracy": round(copy_accuracy(model, tokenizer), 3)},
+                     "copy_accuracy": round(copy_accuracy(model, tokenizer), 3),
+                     "quoted_copy_accuracy": round(copy_accuracy(model, tokenizer, quoted=True), 3)},
             outputs=summary["outputs"],
         )

@@ -96,3 +96,15 @@ def test_saved_tokenizer_reloads_identically(tokenizer):
         reloaded = AutoTokenizer.from_pretrained(folder)
     assert reloaded.encode(text) == tokenizer.encode(text)
     assert reloaded.pad_token_id == tokenizer.pad_token_id and reloaded.eos_token_id == tokenizer.eos_token_id
+
+
+def test_single_digits_share_tokens_after_a_space_and_after_a_quote():
+    split = train_bytelevel_bpe(sentences(300), 400, "llama3", single_digits=True)
+    spaced = split.tokenize("The cat sees 86 dogs.")
+    quoted = split.tokenize('{"count": "86"}')
+    assert spaced[spaced.index("8"):spaced.index("8") + 2] == ["8", "6"]  # the space is a token of its own
+    assert quoted[quoted.index("8"):quoted.index("8") + 2] == ["8", "6"]
+    for text in ["The cat sees 86 dogs.", "x  123\n\n 4", "héllo 7 wörld 🙂"]:
+        assert split.decode(split.encode(text, add_special_tokens=False)) == text
+    grouped = train_bytelevel_bpe(sentences(300), 400, "llama3")  # GPT-2's split: ' 86' is not '86'
+    assert "8" not in grouped.tokenize("The cat sees 86 dogs.")
