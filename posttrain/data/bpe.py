@@ -54,11 +54,12 @@ def train_bytelevel_bpe(texts: Iterable[str], vocab_size: int, template: str,
 
     bpe = Tokenizer(models.BPE())
     # GPT-2's split into words/numbers/punctuation, no prefix space: what byte-level BPE decodes back exactly.
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if single_digits:
         split = pre_tokenizers.Split(Regex(SINGLE_DIGITS), behavior="isolated")
         bpe.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                                       use_regex=False)])
+    else:
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

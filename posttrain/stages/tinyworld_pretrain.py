@@ -107,7 +107,8 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1, quoted: bool = F
     from posttrain.tinyworld.corpus import copy_word
 
     rng = random.Random(f"tinyworld/copy-probe/{seed}")
-    start = tokenizer(tokenizer.pad_token + "Remember this:" if quoted else tokenizer.pad_token + "Remember this: ",
+    # quoted: the first saying's words keep their spaces (" 86 Orlan"), so no space token ends the opener
+    start = tokenizer(tokenizer.pad_token + ("Remember this:" if quoted else "Remember this: "),
                       add_special_tokens=False)["input_ids"]
     again = tokenizer('. I said "' if quoted else ". Again: ", add_special_tokens=False)["input_ids"]
     hits = total = 0
