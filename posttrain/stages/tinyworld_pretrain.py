@@ -106,19 +106,20 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1, quoted: bool = F
 
     from posttrain.tinyworld.corpus import copy_word
 
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     rng = random.Random(f"tinyworld/copy-probe/{seed}")
     # quoted: the first saying's words keep their spaces (" 86 Orlan"), so no space token ends the opener
-    start = tokenizer(tokenizer.pad_token + ("Remember this:" if quoted else "Remember this: "),
-                      add_special_tokens=False)["input_ids"]
-    again = tokenizer('. I said "' if quoted else ". Again: ", add_special_tokens=False)["input_ids"]
+    opener, repeat, lead = ("Remember this:", '. I said "', " ") if quoted else ("Remember this: ", ". Again: ", "")
+    start, again = encode(tokenizer.pad_token + opener), encode(repeat)
     hits = total = 0
     model.eval()
     for _ in range(n):
         words = " ".join(copy_word(rng) for _ in range(8))
-        span = tokenizer(words, add_special_tokens=False)["input_ids"]
-        first = tokenizer(" " + words, add_special_tokens=False)["input_ids"] if quoted else span
+        first, span = encode(lead + words), encode(words)
         ids = torch.tensor([start + first + again + span])
-        scored = len(tokenizer(words.split()[0], add_special_tokens=False)["input_ids"]) if quoted else len(span)
+        scored = len(encode(words.split()[0])) if quoted else len(span)
         begin = len(start) + len(first) + len(again)
         with torch.no_grad():
             predicted = model(input_ids=ids).logits[0, begin - 1:begin - 1 + scored].argmax(-1)

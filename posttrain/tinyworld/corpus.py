@@ -188,7 +188,8 @@ def world_corpus(seed: int, n_docs: int, copy_share: float = 0.0) -> Iterator[st
     rng = random.Random(f"tinyworld/corpus/{seed}")
     others = sum(weight for _, weight in _DOCS)
     copies = copy_share / (1 - copy_share) * others  # the copying documents' total weight
+    copy_weights = sum(weight for _, weight in _COPY_DOCS)
     makers = [maker for maker, _ in _DOCS + _COPY_DOCS]
-    weights = [weight for _, weight in _DOCS] + [copies * w / sum(w for _, w in _COPY_DOCS) for _, w in _COPY_DOCS]
+    weights = [weight for _, weight in _DOCS] + [copies * weight / copy_weights for _, weight in _COPY_DOCS]
     for _ in range(n_docs):
         yield rng.choices(makers, weights)[0](rng)
