@@ -1,7 +1,7 @@
 """Stage `tinyworld_data`: the tiny world's SFT conversations (reference solutions) and held-out prompts."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
 
@@ -9,9 +9,32 @@ from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
 class TinyWorldDataConfig(StageConfig):
     sft_per_family: int = Field(300, ge=1, description="reference-solution conversations per task family")
     eval_per_family: int = Field(200, ge=1, description="held-out evaluation prompts per task family")
-    train_prompts_per_family: int = Field(
-        0, ge=0, description="extra train-split prompts (no answers) for sampling stages; their reference answers go to references.jsonl")
+    train_prompts_per_family: int | dict[str, int] = Field(
+        0, description="extra train-split prompts (no answers) for sampling stages, one count for every family or "
+                       "a count per family name (families left out get none); their reference answers go to "
+                       "references.jsonl")
     noise: float = Field(0.0, ge=0.0, le=1.0, description="share of SFT references deliberately corrupted")
+
+    @field_validator("train_prompts_per_family")
+    @classmethod
+    def _known_families(cls, counts: int | dict[str, int]) -> int | dict[str, int]:
+        from posttrain.tinyworld.world import FAMILIES
+
+        per_family = counts if isinstance(counts, dict) else {"every family": counts}
+        unknown = sorted(set(per_family) - set(FAMILIES) - {"every family"})
+        if unknown:
+            raise ValueError(f"unknown families {unknown} (known: {sorted(FAMILIES)})")
+        negative = {name: n for name, n in per_family.items() if n < 0}
+        if negative:
+            raise ValueError(f"counts must be >= 0, got {negative}")
+        return counts
+
+    def train_prompt_counts(self) -> dict[str, int]:
+        """The number of train prompts per family name (0 for a family a mapping leaves out)."""
+        from posttrain.tinyworld.world import FAMILIES
+
+        counts = self.train_prompts_per_family
+        return {name: counts.get(name, 0) if isinstance(counts, dict) else counts for name in FAMILIES}
 
 
 class TinyWorldData(Stage):
@@ -31,9 +54,10 @@ class TinyWorldData(Stage):
         write_records(ctx.out_dir / "eval.jsonl", evals)
         outputs = {"sft": "sft.jsonl", "eval": "eval.jsonl"}
         counts = {"sft_conversations": len(sft), "eval_prompts": len(evals)}
-        if config.train_prompts_per_family:
-            prompts = [p for fam in world.FAMILIES.values()
-                       for p in fam.generate_prompts("train", config.train_prompts_per_family, ctx.seed + 1)]
+        counts_per_family = config.train_prompt_counts()
+        if any(counts_per_family.values()):
+            prompts = [p for name, fam in world.FAMILIES.items() if counts_per_family[name]
+                       for p in fam.generate_prompts("train", counts_per_family[name], ctx.seed + 1)]
             write_records(ctx.out_dir / "prompts.jsonl", prompts)
             write_records(ctx.out_dir / "references.jsonl", world.reference_conversations(prompts))
             outputs.update(prompts="prompts.jsonl", references="references.jsonl")

@@ -101,3 +101,19 @@ def test_reference_conversations_answer_their_prompts_and_pass(tmp_path):
     assert len(answers) == len(prompts)
     for prompt in prompts:  # matched back to its prompt, and the graders pass it
         assert grade(prompt, answers[prompt_key(prompt.messages)]).score == 1.0, _text(prompt)
+
+
+def test_train_prompts_per_family_takes_a_count_per_family(tmp_path):
+    from collections import Counter
+
+    from posttrain.cli import main
+    from posttrain.data.io import iter_jsonl
+    from posttrain.stages.tinyworld_data import TinyWorldDataConfig
+
+    assert main(["tinyworld-data", "--set", "sft_per_family=2", "--set", "eval_per_family=2",
+                 "--set", "train_prompts_per_family={math: 3, safety: 2}", "--out", str(tmp_path)]) == 0
+    families = Counter(row["family"] for _, row in iter_jsonl(tmp_path / "prompts.jsonl"))
+    assert families == {"math": 3, "safety": 2}  # families left out get none
+    for bad, reason in (({"maths": 3}, "unknown families"), ({"math": -1}, ">= 0"), (-2, ">= 0")):
+        with pytest.raises(ValueError, match=reason):
+            TinyWorldDataConfig(train_prompts_per_family=bad)
