@@ -21,22 +21,10 @@ from posttrain.data.quarantine import RowLog
 from posttrain.data.records import Completion
 from posttrain.evaluate.reward import evaluate_reward_model
 from posttrain.judge.reward_scorer import RewardModelScorer
-from posttrain.judge.scorer import Score
+from posttrain.judge.scorer import FixedScores
 from posttrain.models.runtime import set_cpu_threads
 from posttrain.stages.reward_model import REWARDBENCH_CATEGORIES
 from posttrain.tinyworld.world import TinyWorldGrader
-
-
-class Rewards:
-    """A scorer that returns rewards computed once (each model scores the samples once, the ensemble sums them)."""
-
-    def __init__(self, name: str, values: list[float]):
-        self.name, self.values = name, values
-
-    def score(self, prompts, responses) -> list[Score]:
-        if len(responses) != len(self.values):
-            raise ValueError(f"{self.name}: {len(self.values)} rewards for {len(responses)} responses")
-        return [Score(v) for v in self.values]
 
 
 def main() -> None:
@@ -56,9 +44,9 @@ def main() -> None:
     scorers = []
     for path in args.models:  # each on its recorded training scale, as `normalize: true` does
         values = [s.value for s in RewardModelScorer(path, normalize=True).score(flat_prompts, flat_responses)]
-        scorers.append(Rewards(str(path), values))
+        scorers.append(FixedScores(values, name=str(path)))
     if len(scorers) > 1 and not args.no_ensemble:
-        scorers.append(Rewards("ensemble (sum)", [sum(v) for v in zip(*(s.values for s in scorers))]))
+        scorers.append(FixedScores([sum(v) for v in zip(*(s.values for s in scorers))], name="ensemble (sum)"))
     grader = TinyWorldGrader()
     for scorer in scorers:
         result = evaluate_reward_model(scorer, grader, prompts, samples, category_of=REWARDBENCH_CATEGORIES)

@@ -10,7 +10,6 @@ training responses, so that several reward models can be summed into an ensemble
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,12 +46,6 @@ class RewardModelScorer:
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.max_tokens = max_tokens_of(model)
         self.mean, self.std = reward_scale_of(unwrap_model(model).config) if normalize else (0.0, 1.0)
-
-    def rescaled(self, scale: dict[str, float]) -> "RewardModelScorer":
-        """The same model (shared, not copied) scoring (reward - scale["mean"]) / scale["std"]."""
-        other = copy.copy(self)
-        other.mean, other.std = float(scale["mean"]), float(scale["std"])
-        return other
 
     def score(self, prompts: list[Prompt], responses: list[list[Message]]) -> list[Score]:
         """One Score per (prompt, response): the combined reward, with the outputs as reason."""

@@ -42,6 +42,20 @@ class GraderScorer:
         return [Score(g.score, g.reason) for g in grades]
 
 
+class FixedScores:
+    """Scores computed once, handed back in order: a model's rewards reused (say in an ensemble) without scoring again."""
+
+    def __init__(self, values: list[float], name: str = "fixed"):
+        self.values = list(values)
+        self.name = name
+
+    def score(self, prompts: list[Prompt], responses: list[list[Message]]) -> list[Score]:
+        if len(prompts) != len(self.values) or len(responses) != len(self.values):
+            raise ValueError(f"{self.name}: {len(self.values)} scores for {len(prompts)} prompts and "
+                             f"{len(responses)} responses")
+        return [Score(v) for v in self.values]
+
+
 class WeightedScorer:
     """sum_i w_i * scorer_i: e.g. a reward model combined with the graders where ground truth exists."""
 

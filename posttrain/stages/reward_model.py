@@ -300,7 +300,7 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
                                      seed=config.seed)
 
     result = evaluate(scorer)
-    ensemble = _evaluate_ensemble(ctx, scorer.rescaled(scale), evaluate) if ctx.inputs.get("ensemble") else {}
+    ensemble = _evaluate_ensemble(ctx, _rescaled_rewards(result.rewards, scale), evaluate) if ctx.inputs.get("ensemble") else {}
     rows = []
     for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
         responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
@@ -316,9 +316,17 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
             "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples, **ensemble}
 
 
+def _rescaled_rewards(rewards: list[list[float]], scale: dict[str, float]):
+    """This model's evaluation rewards, already computed, on its recorded training scale: (r - mean) / std."""
+    from posttrain.judge.scorer import FixedScores
+
+    return FixedScores([(r - scale["mean"]) / scale["std"] for row in rewards for r in row], name="rm0")
+
+
 def _evaluate_ensemble(ctx: StageContext, scorer, evaluate) -> dict:
-    """The same samples ranked by this model (`scorer`, normalised) plus the `ensemble` inputs' reward models, each
-    normalised by its recorded scale, summed (independently trained reward models rank better together)."""
+    """The same samples ranked by this model (`scorer`: its rewards on its training scale, not scored again) plus the
+    `ensemble` inputs' reward models, each normalised by its recorded scale, summed (independently trained reward
+    models rank better together)."""
     from posttrain.judge.reward_scorer import RewardModelScorer
     from posttrain.judge.scorer import WeightedScorer
     from posttrain.stages.artifacts import model_dir

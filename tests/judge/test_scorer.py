@@ -2,7 +2,7 @@ import pytest
 
 from posttrain.data.records import Message, Prompt
 from posttrain.judge.grader import Grade
-from posttrain.judge.scorer import GraderScorer, Score, WeightedScorer
+from posttrain.judge.scorer import FixedScores, GraderScorer, Score, WeightedScorer
 
 
 class LengthGrader:
@@ -25,3 +25,12 @@ def test_grader_scorer_and_weighted_combination():
     combined = WeightedScorer([(GraderScorer(LengthGrader()), 1.0), (ConstantScorer(), 0.25)])
     values = [s.value for s in combined.score([prompt, prompt], responses)]
     assert values == pytest.approx([0.5 + 0.5, 1.0 + 0.5])
+
+
+def test_fixed_scores_hand_back_their_values_in_order_and_check_the_count():
+    prompt = Prompt(messages=[Message(role="user", content="hi")])
+    responses = [[Message(role="assistant", content="a")], [Message(role="assistant", content="b")]]
+    combined = WeightedScorer([(FixedScores([3.0, -1.0], name="rm0"), 1.0), (ConstantScorer(), 0.5)])
+    assert [s.value for s in combined.score([prompt, prompt], responses)] == [4.0, 0.0]
+    with pytest.raises(ValueError, match="rm0: 2 scores for 1 prompts"):
+        FixedScores([3.0, -1.0], name="rm0").score([prompt], responses[:1])
