@@ -17,12 +17,15 @@ in the saved config: `normalize` in the reward-model scorer uses them).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
 from posttrain.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from posttrain.judge.scorer import FixedScores
 
 Strength = Literal["significantly_better", "better", "slightly_better", "negligibly_better"]
 
@@ -300,7 +303,9 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
                                      seed=config.seed)
 
     result = evaluate(scorer)
-    ensemble = _evaluate_ensemble(ctx, _rescaled_rewards(result.rewards, scale), evaluate) if ctx.inputs.get("ensemble") else {}
+    ensemble = {}
+    if ctx.inputs.get("ensemble"):
+        ensemble = _evaluate_ensemble(ctx, _rescaled_rewards(result.rewards, scale), evaluate)
     rows = []
     for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
         responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
@@ -316,7 +321,7 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
             "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples, **ensemble}
 
 
-def _rescaled_rewards(rewards: list[list[float]], scale: dict[str, float]):
+def _rescaled_rewards(rewards: list[list[float]], scale: dict[str, float]) -> FixedScores:
     """This model's evaluation rewards, already computed, on its recorded training scale: (r - mean) / std."""
     from posttrain.judge.scorer import FixedScores
 

@@ -20,13 +20,10 @@ class TinyWorldDataConfig(StageConfig):
     def _known_families(cls, counts: int | dict[str, int]) -> int | dict[str, int]:
         from posttrain.tinyworld.world import FAMILIES
 
-        per_family = counts if isinstance(counts, dict) else {"every family": counts}
-        unknown = sorted(set(per_family) - set(FAMILIES) - {"every family"})
-        if unknown:
-            raise ValueError(f"unknown families {unknown} (known: {sorted(FAMILIES)})")
-        negative = {name: n for name, n in per_family.items() if n < 0}
-        if negative:
-            raise ValueError(f"counts must be >= 0, got {negative}")
+        if isinstance(counts, dict) and set(counts) - set(FAMILIES):
+            raise ValueError(f"unknown families {sorted(set(counts) - set(FAMILIES))} (known: {sorted(FAMILIES)})")
+        if any(n < 0 for n in (counts.values() if isinstance(counts, dict) else [counts])):
+            raise ValueError(f"counts must be >= 0, got {counts}")
         return counts
 
     def train_prompt_counts(self) -> dict[str, int]:
