@@ -17,15 +17,12 @@ in the saved config: `normalize` in the reward-model scorer uses them).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from posttrain.stages.base import Stage, StageConfig, StageContext, StageResult
 from posttrain.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from posttrain.judge.scorer import FixedScores
 
 Strength = Literal["significantly_better", "better", "slightly_better", "negligibly_better"]
 
@@ -303,9 +300,7 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
                                      seed=config.seed)
 
     result = evaluate(scorer)
-    ensemble = {}
-    if ctx.inputs.get("ensemble"):
-        ensemble = _evaluate_ensemble(ctx, _rescaled_rewards(result.rewards, scale), evaluate)
+    ensemble = _evaluate_ensemble(ctx, result.rewards, scale, evaluate) if ctx.inputs.get("ensemble") else {}
     rows = []
     for prompt, replies, rewards, grades in zip(prompts, samples, result.rewards, result.grades):
         responses = [Response(index=i, messages=r, reward=v, score=g.score, reason=g.reason)
@@ -321,25 +316,19 @@ def _evaluate(config: RewardModelConfig, ctx: StageContext, scorer, scale: dict[
             "eval_prompts": len(prompts), "eval_samples_per_prompt": ev.samples, **ensemble}
 
 
-def _rescaled_rewards(rewards: list[list[float]], scale: dict[str, float]) -> FixedScores:
-    """This model's evaluation rewards, already computed, on its recorded training scale: (r - mean) / std."""
-    from posttrain.judge.scorer import FixedScores
-
-    return FixedScores([(r - scale["mean"]) / scale["std"] for row in rewards for r in row], name="rm0")
-
-
-def _evaluate_ensemble(ctx: StageContext, scorer, evaluate) -> dict:
-    """The same samples ranked by this model (`scorer`: its rewards on its training scale, not scored again) plus the
-    `ensemble` inputs' reward models, each normalised by its recorded scale, summed (independently trained reward
-    models rank better together)."""
+def _evaluate_ensemble(ctx: StageContext, rewards: list[list[float]], scale: dict[str, float], evaluate) -> dict:
+    """The same samples ranked by this model (its evaluation `rewards`, not scored again, put on its training
+    `scale`) plus the `ensemble` inputs' reward models, each normalised by its recorded scale, summed
+    (independently trained reward models rank better together)."""
     from posttrain.judge.reward_scorer import RewardModelScorer
-    from posttrain.judge.scorer import WeightedScorer
+    from posttrain.judge.scorer import FixedScores, WeightedScorer
     from posttrain.stages.artifacts import model_dir
 
     others = [model_dir(p) for p in ctx.inputs_of("ensemble")]
     members = [ctx.out_dir / "model", *others]
-    ensemble = WeightedScorer([(scorer, 1.0), *((RewardModelScorer(m, normalize=True, name=f"rm{i}"), 1.0)
-                                                for i, m in enumerate(others, start=1))], name="ensemble")
+    own = FixedScores([(r - scale["mean"]) / scale["std"] for row in rewards for r in row], name="rm0")
+    ensemble = WeightedScorer([(own, 1.0), *((RewardModelScorer(m, normalize=True, name=f"rm{i}"), 1.0)
+                                             for i, m in enumerate(others, start=1))], name="ensemble")
     result = evaluate(ensemble)
     ctx.log_metrics({f"ensemble_reward_accuracy/{name}": entry["score"] for name, entry in result.accuracy.items()})
     return {"ensemble": {"members": [str(m) for m in members], "reward_accuracy": result.accuracy,
